@@ -21,9 +21,13 @@ DEFAULT_COLLECTION = "default"
 # One path component, no dots first (so no "..", no hidden folders), no "=" or "/" that would
 # break hive partitioning or escape OUTPUT.
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-# Columns the job itself writes; an input column of that name would be silently overwritten.
-RESERVED_COLUMNS = ("embedding",)
+# Columns the job itself writes. An input metadata column with one of these names (say a
+# `text` column when --text-column is `body`) is kept as `input_<name>`, never overwritten.
+OUTPUT_COLUMNS = ("id", "text", "embedding")
+RENAMED_PREFIX = "input_"
 RAW_PREVIEW_CHARS = 200
+# In-flight only: which input block a row came from; never written.
+BLOCK_COLUMN = "_block"
 
 
 class InputError(ValueError):
@@ -40,11 +44,14 @@ class Shard:
     fmt: str  # "jsonl" or "parquet"
 
     @property
+    def digest(self) -> str:
+        return hashlib.sha1(self.relpath.encode("utf-8")).hexdigest()[:16]
+
+    @property
     def key(self) -> str:
         """A stable name for this file's own side outputs (rejections), same on every rerun."""
-        digest = hashlib.sha1(self.relpath.encode("utf-8")).hexdigest()[:16]
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.relpath)[-60:]
-        return f"{digest}-{stem}"
+        return f"{self.digest}-{stem}"
 
 
 @dataclass(frozen=True)
@@ -119,7 +126,8 @@ class ShardReader:
         self.columns = columns
         self.block_rows = block_rows
         self.rejections: list[Rejection] = []
-        self.position = 0  # the next row to read; where a read error leaves the file
+        # The first source row not yet handed on: where a read error leaves the file.
+        self.position = 0
 
     def reject(self, row: int | None, reason: str, id_: Any = None, raw: Any = None) -> None:
         preview = None if raw is None else str(raw)[:RAW_PREVIEW_CHARS]
@@ -127,11 +135,16 @@ class ShardReader:
         self.rejections.append(Rejection(self.shard.relpath, row, reason, ident, preview))
 
     def tables(self, storage_options: dict[str, Any] | None = None) -> Iterator[pa.Table]:
+        """Valid rows, one table per block: rows [k*block_rows, (k+1)*block_rows) of the file.
+
+        A block's label depends only on the file and source row positions, so it is the same
+        on every run, and each label appears in exactly one yielded table.
+        """
+        read = self._parquet_tables if self.shard.fmt == "parquet" else self._jsonl_tables
         try:
-            if self.shard.fmt == "parquet":
-                yield from self._parquet_tables(storage_options)
-            else:
-                yield from self._jsonl_tables(storage_options)
+            for block in self._one_table_per_block(read(storage_options)):
+                yield block
+                self.position = self._block_start(block) + self.block_rows
         except (OSError, EOFError, pa.ArrowException, gzip.BadGzipFile) as err:
             # A corrupt or unreadable file is set aside from the failing row on (the whole file
             # when it fails at once); the rest of the corpus runs.
@@ -145,22 +158,21 @@ class ShardReader:
     # -- JSON Lines -------------------------------------------------------------------------
 
     def _jsonl_tables(self, storage_options) -> Iterator[pa.Table]:
+        # The whole file is parsed before anything is yielded, so metadata types are inferred
+        # once per file: blocks of one file never disagree on a column's type.
         records: list[dict[str, Any]] = []
         rows: list[int] = []
         fs, path = storage.open_fs(self.shard.url, storage_options)
         with fs.open(path, "rb", compression="infer") as handle:
             for row, line in enumerate(handle):
                 record = self._parse_line(row, line)
-                if record is None:
-                    continue
-                records.append(record)
-                rows.append(row)
-                if len(records) >= self.block_rows:
-                    yield from self._valid_table(records, rows)
-                    records, rows = [], []
-                    self.position = row + 1
+                if record is not None:
+                    records.append(record)
+                    rows.append(row)
         if records:
-            yield from self._valid_table(records, rows)
+            table = self._valid_table(records, rows)
+            if table is not None:
+                yield table
 
     def _parse_line(self, row: int, line: bytes) -> dict[str, Any] | None:
         if not line.strip():
@@ -180,7 +192,7 @@ class ShardReader:
             return None
         return record
 
-    def _valid_table(self, records: list[dict[str, Any]], rows: list[int]) -> Iterator[pa.Table]:
+    def _valid_table(self, records: list[dict[str, Any]], rows: list[int]) -> pa.Table | None:
         ids, texts, collections, kept = self._check_rows(
             [r.get(self.columns.id) for r in records],
             [r.get(self.columns.text, _MISSING) for r in records],
@@ -188,14 +200,16 @@ class ShardReader:
             rows,
         )
         if not kept:
-            return
-        skip = {self.columns.id, self.columns.text, "collection", *RESERVED_COLUMNS}
-        metadata_names = list(dict.fromkeys(k for i in kept for k in records[i] if k not in skip))
+            return None
+        names = dict.fromkeys(k for i in kept for k in records[i])
         metadata = {
-            name: metadata_column([records[i].get(name) for i in kept]) for name in metadata_names
+            output_name(name): metadata_column([records[i].get(name) for i in kept])
+            for name in self._metadata_names(names)
         }
-        yield pa.table(
-            {"id": ids, "text": texts, "collection": collections, **metadata},
+        first_rows = [rows[i] for i in kept]
+        return self._with_block_column(
+            pa.table({"id": ids, "text": texts, "collection": collections, **metadata}),
+            first_rows,
         )
 
     # -- Parquet ----------------------------------------------------------------------------
@@ -204,12 +218,15 @@ class ShardReader:
         fs, path = storage.open_fs(self.shard.url, storage_options)
         with fs.open(path, "rb") as handle:
             parquet = pq.ParquetFile(handle)
+            first_row = 0
             for batch in parquet.iter_batches(batch_size=self.block_rows):
                 table = pa.Table.from_batches([batch])
-                yield from self._valid_arrow(table, self.position)
-                self.position += table.num_rows
+                valid = self._valid_arrow(table, first_row)
+                if valid is not None:
+                    yield valid
+                first_row += table.num_rows
 
-    def _valid_arrow(self, table: pa.Table, first_row: int) -> Iterator[pa.Table]:
+    def _valid_arrow(self, table: pa.Table, first_row: int) -> pa.Table | None:
         names = table.column_names
         n = table.num_rows
 
@@ -223,13 +240,49 @@ class ShardReader:
             list(range(first_row, first_row + n)),
         )
         if not kept:
-            return
-        skip = {self.columns.id, self.columns.text, "collection", *RESERVED_COLUMNS}
-        metadata = table.select([c for c in names if c not in skip]).take(pa.array(kept))
+            return None
+        metadata = table.select(self._metadata_names(names)).take(pa.array(kept))
         out = pa.table({"id": ids, "text": texts, "collection": collections})
         for name in metadata.column_names:
-            out = out.append_column(metadata.schema.field(name), metadata.column(name))
-        yield out
+            field = metadata.schema.field(name).with_name(output_name(name))
+            out = out.append_column(field, metadata.column(name))
+        return self._with_block_column(out, [first_row + i for i in kept])
+
+    def _metadata_names(self, names) -> list[str]:
+        chosen = {self.columns.id, self.columns.text, "collection"}
+        return [name for name in names if name not in chosen]
+
+    # -- blocks -----------------------------------------------------------------------------
+
+    def _one_table_per_block(self, tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        """Re-cut tables (labels ascending) so that each block label is in exactly one table."""
+        pending: list[pa.Table] = []
+        for table in tables:
+            labels = table.column(BLOCK_COLUMN).to_pylist()
+            start = 0
+            for end in range(1, len(labels) + 1):
+                if end < len(labels) and labels[end] == labels[start]:
+                    continue
+                if pending and pending[0].column(BLOCK_COLUMN)[0].as_py() != labels[start]:
+                    yield pa.concat_tables(pending)
+                    pending = []
+                pending.append(table.slice(start, end - start))
+                start = end
+        if pending:
+            yield pa.concat_tables(pending)
+
+    def _block_start(self, block: pa.Table) -> int:
+        return int(block.column(BLOCK_COLUMN)[0].as_py().rsplit("-", 1)[1])
+
+    def _with_block_column(self, table: pa.Table, source_rows: list[int]) -> pa.Table:
+        """Tag each row with its block: the file and the block's first source row.
+
+        The writer names output files after it, so the same input block always lands in the
+        same output file, and a repeated write replaces instead of duplicating.
+        """
+        size = self.block_rows
+        labels = [f"{self.shard.digest}-{row // size * size:09d}" for row in source_rows]
+        return table.append_column(BLOCK_COLUMN, pa.array(labels, pa.string()))
 
     # -- checks shared by both formats ------------------------------------------------------
 
@@ -252,6 +305,13 @@ class ShardReader:
 
 
 _MISSING = object()
+
+
+def output_name(metadata_name: str) -> str:
+    """The output column of an input metadata column; never one the job writes itself."""
+    if metadata_name in (*OUTPUT_COLUMNS, BLOCK_COLUMN):
+        return RENAMED_PREFIX + metadata_name.lstrip("_")
+    return metadata_name
 
 
 def text_problem(text: Any, column: str) -> str | None:

@@ -40,6 +40,40 @@ def read_shards(batch: pa.Table, spec: PipelineSpec):
         corpus.write_rejections(spec.output, shard, reader.rejections, spec.storage_options)
 
 
+def write_block(block: pa.Table, spec: PipelineSpec) -> pa.Table:
+    """Ray map_batches function: write one embedded block as Parquet, one file per collection.
+
+    The file name comes from the input block (file digest + first source row), never a UUID:
+    the same input block always lands in the same file, and writing it again replaces it.
+    Each file keeps its own schema, so collections with different metadata never mix columns.
+    """
+    written = {"collection": [], "file": [], "rows": []}
+    for (collection, label), rows in group_rows(block).items():
+        part = block.take(pa.array(rows)).drop_columns(["collection", corpus.BLOCK_COLUMN])
+        relpath = f"collection={collection}/part-{label}.parquet"
+        storage.write_parquet_atomic(storage.join(spec.output, relpath), part, spec.storage_options)
+        written["collection"].append(collection)
+        written["file"].append(relpath)
+        written["rows"].append(part.num_rows)
+    return pa.table(written, schema=WRITTEN_SCHEMA)
+
+
+WRITTEN_SCHEMA = pa.schema(
+    [("collection", pa.string()), ("file", pa.string()), ("rows", pa.int64())]
+)
+
+
+def group_rows(block: pa.Table) -> dict[tuple[str, str], list[int]]:
+    """Row positions per (collection, block label), in order."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    keys = zip(
+        block.column("collection").to_pylist(), block.column(corpus.BLOCK_COLUMN).to_pylist()
+    )
+    for position, key in enumerate(keys):
+        groups.setdefault(key, []).append(position)
+    return groups
+
+
 def embedding_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
     """The declared output type: fixed_size_list<float32>[DIM], not Ray's tensor extension."""
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
@@ -111,9 +145,11 @@ def run_pipeline(
     dataset = dataset.map_batches(
         read_shards, batch_size=1, batch_format="pyarrow", fn_kwargs={"spec": spec}
     )
+    # batch_size=None: a replica gets whole blocks. Blocks of different files may disagree on
+    # metadata types, so they must never be concatenated into one batch.
     dataset = dataset.map_batches(
         EmbedBatches,
-        batch_size=spec.block_rows,
+        batch_size=None,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=plan.replicas),
         num_gpus=plan.gpus_per_replica,
@@ -125,12 +161,11 @@ def run_pipeline(
             "on_gpus": plan.on_gpus,
         },
     )
-    fs, path = storage.open_fs(spec.output, spec.storage_options)
-    dataset.write_parquet(
-        path,
-        partition_cols=["collection"],
-        filesystem=storage.pyarrow_filesystem(spec.output, spec.storage_options),
+    dataset = dataset.map_batches(
+        write_block, batch_size=None, batch_format="pyarrow", fn_kwargs={"spec": spec}
     )
+    written = dataset.take_all()
     replicas = ray.get(stats.summary.remote())
     ray.kill(stats)
+    log.info("wrote %d file(s)", len(written))
     return replicas

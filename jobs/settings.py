@@ -57,7 +57,9 @@ class EmbedSettings(BaseSettings):
         "auto", description="weights precision: auto = fp32 on CPU, bf16/fp16 on GPU"
     )
     batch_size: int = Field(64, ge=1, description="texts per forward pass")
-    block_rows: int = Field(512, ge=1, description="rows per Ray batch sent to a replica")
+    block_rows: int = Field(
+        2048, ge=1, description="input rows per block: the unit sent to a replica and written"
+    )
     max_tokens: int | None = Field(None, ge=1, description="cap on tokens per text")
     max_rejected_fraction: float = Field(
         0.01, ge=0, le=1, description="exit non-zero when more input than this is rejected"

@@ -49,7 +49,8 @@ def write_bytes_atomic(uri: str, data: bytes, storage_options: dict[str, Any] | 
     fs, path = open_fs(uri, storage_options)
     if is_local(fs):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
+        # A dot-name: dataset readers (pyarrow, DuckDB globs on *.parquet) skip it.
+        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -64,11 +65,11 @@ def write_json_atomic(uri: str, payload: Any, storage_options: dict[str, Any] | 
     write_bytes_atomic(uri, text.encode("utf-8"), storage_options)
 
 
-def pyarrow_filesystem(uri: str, storage_options: dict[str, Any] | None = None):
-    """A pyarrow filesystem over fsspec, so Ray's writer honours the same storage options."""
-    import pyarrow.fs as pafs
+def write_parquet_atomic(uri: str, table, storage_options: dict[str, Any] | None = None):
+    """Write a table as one Parquet file that readers see whole or not at all."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    fs, _ = open_fs(uri, storage_options)
-    if is_local(fs):
-        return None
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    write_bytes_atomic(uri, sink.getvalue().to_pybytes(), storage_options)

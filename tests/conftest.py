@@ -102,7 +102,12 @@ def mixed_corpus(tmp_path_factory) -> dict:
     for r in top:
         expected[r["id"]] = {"collection": "default", "text": r["text"]}
 
-    routed = [{"id": f"routed-{i}", "text": t, "collection": "faq"} for i, t in enumerate(take(4))]
+    # `page` is a string here and an int in docs/: blocks of the two files must never be
+    # merged into one batch, or the run would crash on the type clash.
+    routed = [
+        {"id": f"routed-{i}", "text": t, "collection": "faq", "page": f"p{i}"}
+        for i, t in enumerate(take(4))
+    ]
     write_jsonl(root / "docs" / "routed.jsonl", routed)
     for r in routed:  # a collection column wins over the folder
         expected[r["id"]] = {"collection": "faq", "text": r["text"]}

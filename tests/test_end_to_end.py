@@ -60,6 +60,9 @@ def test_every_row_once_with_its_collection_and_metadata(cli_runs, mixed_corpus,
             assert expected[row_id]["collection"] == collection
     docs = {r["id"]: r for r in tables["docs"].to_pylist()}
     assert docs["doc-3"]["lang"] == "en" and docs["doc-3"]["page"] == 3
+    assert tables["faq"].column("page").to_pylist()[0].startswith("p")
+    # Each collection has its own columns, not the union of all collections'.
+    assert "page" not in tables["code"].column_names and "path" not in tables["docs"].column_names
     code_paths = {r["path"] for r in tables["code"].to_pylist()}
     assert code_paths == {f"src/m{i}.py" for i in range(10)}
     # Parquet metadata keeps its exact types.

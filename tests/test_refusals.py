@@ -1,0 +1,75 @@
+"""Runs the policy refuses: exit code 2 before any work, with a message that says what to do."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import job_env, run_job_cli, write_jsonl
+
+
+@pytest.fixture()
+def tiny_corpus(tmp_path):
+    write_jsonl(tmp_path / "in" / "docs" / "a.jsonl", [{"id": "1", "text": "hello"}])
+    return tmp_path / "in"
+
+
+def refused(args, env=None):
+    result = run_job_cli(args, env=env)
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    # Refused before any work: Ray never started.
+    assert "Started a local Ray instance" not in result.stderr
+    return result.stderr
+
+
+def test_dim_above_native_names_the_native_dim(tiny_corpus, tmp_path):
+    out = tmp_path / "out"
+    message = refused([str(tiny_corpus), str(out), "all-miniLM-l6", "512"])
+    assert "native dim 384" in message
+    assert not out.exists()
+
+
+def test_unknown_model_lists_the_registry(tiny_corpus, tmp_path):
+    message = refused([str(tiny_corpus), str(tmp_path / "out"), "no-such-model"])
+    assert "unknown model 'no-such-model'" in message
+    for name in ("all-miniLM-l6", "jina-embeddings-v4", "bge-m3", "qdrant-minilm-onnx"):
+        assert name in message
+    assert "--registry-file" in message
+
+
+def test_truncating_a_non_matryoshka_model_needs_the_flag(tiny_corpus, tmp_path):
+    out = tmp_path / "out"
+    message = refused([str(tiny_corpus), str(out), "all-miniLM-l6", "128"])
+    assert "not trained for Matryoshka" in message
+    assert "--allow-non-matryoshka" in message
+    assert not out.exists()
+
+
+def test_env_configured_truncation_is_refused_the_same_way(tiny_corpus, tmp_path):
+    env = job_env(
+        EMBED_INPUT=str(tiny_corpus),
+        EMBED_OUTPUT=str(tmp_path / "out"),
+        EMBED_MODEL="ALL-MINILM-L6",  # names match without regard to case
+        EMBED_DIM="128",
+    )
+    assert "--allow-non-matryoshka" in refused([], env=env)
+
+
+def test_remote_code_models_need_opt_in_and_a_pinned_revision(tiny_corpus, tmp_path):
+    base = [str(tiny_corpus), str(tmp_path / "out"), "jina-embeddings-v4", "256"]
+    assert "--trust-remote-code" in refused(base)
+    assert "--revision" in refused([*base, "--trust-remote-code"])
+
+
+def test_missing_arguments_and_bad_values_are_named(tiny_corpus, tmp_path):
+    assert "missing MODEL" in refused([str(tiny_corpus), str(tmp_path / "out")])
+    message = refused([str(tiny_corpus), str(tmp_path / "o"), "all-miniLM-l6", "--dtype", "fp8"])
+    assert "--dtype" in message and "fp8" in message
+
+
+def test_missing_input_and_non_empty_output(tiny_corpus, tmp_path):
+    assert "does not exist" in refused([str(tmp_path / "nope"), str(tmp_path / "o"), "bge-small"])
+    out = tmp_path / "used"
+    (out / "collection=x").mkdir(parents=True)
+    (out / "collection=x" / "part.parquet").write_bytes(b"old")
+    assert "--overwrite" in refused([str(tiny_corpus), str(out), "all-miniLM-l6"])
+    assert (out / "collection=x" / "part.parquet").read_bytes() == b"old"

@@ -1,0 +1,57 @@
+"""The replica with the real all-MiniLM-L6-v2, no Ray."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from embedder import EmbeddingError, Replica, ReplicaSpec
+from tests.conftest import real_texts, reference_vectors
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return real_texts(40)
+
+
+def make_replica(model_path, dim=384, **extra) -> Replica:
+    spec = ReplicaSpec(
+        model_name="all-miniLM-l6", source=model_path, source_is_local=True, dim=dim, **extra
+    )
+    return Replica(spec)
+
+
+@pytest.mark.parametrize("dim", [384, 128, 32])
+def test_replica_equals_sentence_transformers(model_path, bare_model, texts, dim):
+    replica = make_replica(model_path, dim=dim, device="cpu")
+    ours = replica.embed(texts)
+    reference = reference_vectors(bare_model, texts, dim)
+    assert ours.dtype == np.float32 and ours.shape == (len(texts), dim)
+    assert np.sum(ours * reference, axis=1).min() >= 0.9999
+    assert replica.stats.rows == len(texts) and replica.stats.tokens > len(texts)
+
+
+def test_long_texts_are_truncated_and_counted(model_path):
+    replica = make_replica(model_path, device="cpu")
+    replica.embed(["word " * 1000, "short text"])
+    assert replica.stats.truncated_texts == 1
+    assert replica.stats.tokens <= 256 + 10
+
+
+def test_a_model_that_yields_nan_fails_loudly(model_path, texts):
+    replica = make_replica(model_path, device="cpu")
+    with torch.no_grad():
+        first_layer = next(replica.model.parameters())
+        first_layer.fill_(float("nan"))  # a real forward pass now produces NaN
+    with pytest.raises(EmbeddingError, match="NaN"):
+        replica.embed(texts[:4])
+
+
+def test_bf16_on_cpu_stays_close_to_fp32(model_path, bare_model, texts):
+    replica = make_replica(model_path, device="cpu", dtype="bf16")
+    assert replica.describe()["dtype"] == "bf16"
+    ours = replica.embed(texts)
+    reference = reference_vectors(bare_model, texts, 384)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    assert np.sum(ours * reference, axis=1).min() >= 0.99
