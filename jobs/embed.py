@@ -137,7 +137,7 @@ def run_job(job: Job) -> tuple[dict, int]:
     import ray
 
     settings = job.settings
-    started_at = dt.datetime.now(dt.timezone.utc)
+    started_at = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     started_here, _ = start_ray()
     try:

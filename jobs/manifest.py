@@ -96,7 +96,7 @@ def build_manifest(
         "rows_per_second": round(rows_embedded / wall, 2) if wall else 0.0,
         "timings": timings | {"encode_seconds_all_replicas": totals["encode_seconds"]},
         "started_at": started_at.isoformat(timespec="seconds"),
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "settings": settings_public,
     }
 

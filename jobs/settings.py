@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -113,7 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
                 flag, action=argparse.BooleanOptionalAction, help=f"{field.description} ({env})"
             )
         else:
-            parser.add_argument(flag, dest=name, help=f"{field.description} ({env})")
+            choices = (
+                get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+            )
+            parser.add_argument(
+                flag, dest=name, choices=choices, help=f"{field.description} ({env})"
+            )
     return parser
 
 

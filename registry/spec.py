@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 SEED_FILE = Path(__file__).with_name("models.toml")
 MATRYOSHKA_STATUSES = ("confirmed", "unknown", "none")
