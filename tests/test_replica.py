@@ -55,3 +55,12 @@ def test_bf16_on_cpu_stays_close_to_fp32(model_path, bare_model, texts):
     reference = reference_vectors(bare_model, texts, 384)
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
     assert np.sum(ours * reference, axis=1).min() >= 0.99
+
+
+def test_the_document_prompt_is_applied(model_path, bare_model, texts):
+    replica = make_replica(model_path, device="cpu", document_prompt="passage: ")
+    ours = replica.embed(texts[:8])
+    with_prompt = bare_model.encode(texts[:8], prompt="passage: ", normalize_embeddings=True)
+    without = bare_model.encode(texts[:8], normalize_embeddings=True)
+    assert np.sum(ours * with_prompt, axis=1).min() >= 0.9999
+    assert np.sum(ours * without, axis=1).min() < 0.9999  # the prompt changed the vectors
