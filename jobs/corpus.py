@@ -26,8 +26,10 @@ COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 OUTPUT_COLUMNS = ("id", "text", "embedding")
 RENAMED_PREFIX = "input_"
 RAW_PREVIEW_CHARS = 200
-# In-flight only: which input block a row came from; never written.
+# In-flight only, never written: the input block a row belongs to, and its row in the file.
 BLOCK_COLUMN = "_block"
+ROW_COLUMN = "_row"
+IN_FLIGHT_COLUMNS = (BLOCK_COLUMN, ROW_COLUMN)
 
 
 class InputError(ValueError):
@@ -121,10 +123,18 @@ class ShardReader:
     other columns as metadata, unchanged.
     """
 
-    def __init__(self, shard: Shard, columns: Columns, block_rows: int = 1024):
+    def __init__(
+        self,
+        shard: Shard,
+        columns: Columns,
+        block_rows: int = 1024,
+        excluded_rows: dict[int, str] | None = None,
+    ):
         self.shard = shard
         self.columns = columns
         self.block_rows = block_rows
+        # Rows to set aside with the given reason (duplicate ids found across the corpus).
+        self.excluded_rows = excluded_rows or {}
         self.rejections: list[Rejection] = []
         # The first source row not yet handed on: where a read error leaves the file.
         self.position = 0
@@ -282,7 +292,8 @@ class ShardReader:
         """
         size = self.block_rows
         labels = [f"{self.shard.digest}-{row // size * size:09d}" for row in source_rows]
-        return table.append_column(BLOCK_COLUMN, pa.array(labels, pa.string()))
+        table = table.append_column(BLOCK_COLUMN, pa.array(labels, pa.string()))
+        return table.append_column(ROW_COLUMN, pa.array(source_rows, pa.int64()))
 
     # -- checks shared by both formats ------------------------------------------------------
 
@@ -290,7 +301,7 @@ class ShardReader:
         """Validate each row; returns the kept ids, texts, collections and their positions."""
         out_ids, out_texts, out_collections, kept = [], [], [], []
         for i, (id_, text, collection, row) in enumerate(zip(ids, texts, collections, rows)):
-            reason = text_problem(text, self.columns.text)
+            reason = self.excluded_rows.get(row) or text_problem(text, self.columns.text)
             collection = self.shard.collection if collection is None else collection
             if reason is None:
                 reason = collection_problem(collection)
@@ -309,7 +320,7 @@ _MISSING = object()
 
 def output_name(metadata_name: str) -> str:
     """The output column of an input metadata column; never one the job writes itself."""
-    if metadata_name in (*OUTPUT_COLUMNS, BLOCK_COLUMN):
+    if metadata_name in (*OUTPUT_COLUMNS, *IN_FLIGHT_COLUMNS):
         return RENAMED_PREFIX + metadata_name.lstrip("_")
     return metadata_name
 
@@ -358,11 +369,15 @@ def write_rejections(
     rejections: list[Rejection],
     storage_options: dict[str, Any] | None = None,
 ) -> None:
-    """One JSONL file of rejections per input file, named by the file, so a retry overwrites."""
+    """One JSONL file of rejections per input file, named by the file, so a retry overwrites.
+
+    A file with no rejections any more has its old list removed.
+    """
+    uri = storage.join(output_uri, storage.REJECTED_DIR, f"{shard.key}.jsonl")
     if not rejections:
+        storage.remove(uri, storage_options)
         return
     lines = "".join(json.dumps(r.as_dict(), ensure_ascii=False) + "\n" for r in rejections)
-    uri = storage.join(output_uri, storage.REJECTED_DIR, f"{shard.key}.jsonl")
     storage.write_bytes_atomic(uri, lines.encode("utf-8"), storage_options)
 
 

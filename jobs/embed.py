@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 
 from embedder import ReplicaSpec
-from jobs import corpus, manifest, storage
-from jobs.pipeline import PipelineSpec, run_pipeline
+from jobs import commit, corpus, duplicates, manifest, storage
+from jobs.pipeline import PipelineSpec, run_pipeline, work_items
 from jobs.placement import PlacementError, ReplicaPlan, plan_replicas
 from jobs.settings import EmbedSettings, SettingsError, load_settings
 from registry import (
@@ -34,16 +34,12 @@ log = logging.getLogger("embed")
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_TOO_MANY_REJECTED = 0, 1, 2, 3
 
 
-class OutputError(ValueError):
-    """OUTPUT cannot be written to as asked."""
-
-
 REFUSALS = (
     SettingsError,
     RegistryError,
     PolicyError,
     corpus.InputError,
-    OutputError,
+    commit.FingerprintMismatch,
     PlacementError,
 )
 
@@ -58,6 +54,7 @@ class Job:
     shards: list[corpus.Shard]
     input: str
     output: str
+    fingerprint: dict
 
 
 def absolute_uri(uri: str) -> str:
@@ -75,20 +72,38 @@ def prepare_job(settings: EmbedSettings) -> Job:
         log.warning("%s", warning)
     input_uri, output_uri = absolute_uri(settings.input), absolute_uri(settings.output)
     shards = corpus.plan_shards(input_uri, settings.storage_options)
-    prepare_output(output_uri, settings)
-    return Job(settings, spec, truncation, shards, input_uri, output_uri)
+    fingerprint = run_fingerprint(spec, truncation, settings)
+    prepare_output(output_uri, settings, fingerprint)
+    return Job(settings, spec, truncation, shards, input_uri, output_uri, fingerprint)
 
 
-def prepare_output(output_uri: str, settings: EmbedSettings) -> None:
-    if not storage.folder_has_files(output_uri, settings.storage_options):
-        return
-    if not settings.overwrite:
-        raise OutputError(
-            f"OUTPUT {settings.output!r} already holds files. Choose an empty OUTPUT, or pass "
-            "--overwrite (EMBED_OVERWRITE=1) to clear it first."
-        )
-    log.warning("--overwrite: clearing %s", settings.output)
-    storage.clear_folder(output_uri, settings.storage_options)
+def run_fingerprint(spec: ModelSpec, truncation: TruncationPlan, settings: EmbedSettings) -> dict:
+    """Everything that changes a vector or where it is written: a rerun must match it."""
+    return {
+        "hf_id": spec.hf_id,
+        "revision": settings.revision or spec.revision,
+        "dim": truncation.dim,
+        "prompt": spec.document_prompt_label(),
+        "encode_kwargs": spec.encode_kwargs,
+        "normalized": True,
+        "dtype": settings.dtype,
+        "max_tokens": settings.max_tokens,
+        "text_column": settings.text_column,
+        "id_column": settings.id_column,
+        "drop_text": settings.drop_text,
+        "block_rows": settings.block_rows,
+    }
+
+
+def prepare_output(output_uri: str, settings: EmbedSettings, fingerprint: dict) -> bool:
+    """Clear OUTPUT if asked, then claim it for this fingerprint; True when resuming."""
+    if settings.overwrite and storage.folder_has_files(output_uri, settings.storage_options):
+        log.warning("--overwrite: clearing %s", settings.output)
+        storage.clear_folder(output_uri, settings.storage_options)
+    resuming = commit.claim_output(output_uri, fingerprint, settings.storage_options) is not None
+    if resuming:
+        log.info("OUTPUT holds a run with the same settings: resuming, finished blocks are kept")
+    return resuming
 
 
 def replica_spec_for(job: Job, plan: ReplicaPlan) -> ReplicaSpec:
@@ -155,18 +170,28 @@ def run_job(job: Job) -> tuple[dict, int]:
             len(job.shards),
         )
         t_ray = time.perf_counter()
+        columns = corpus.Columns(text=settings.text_column, id=settings.id_column)
+        excluded = duplicates.scan_corpus(
+            job.shards, columns, settings.block_rows, settings.storage_options
+        )
+        committed = commit.index_committed(job.output, settings.storage_options)
+        t_scan = time.perf_counter()
         pipeline_spec = PipelineSpec(
             output=job.output,
-            columns=corpus.Columns(text=settings.text_column, id=settings.id_column),
+            columns=columns,
             block_rows=settings.block_rows,
             drop_text=settings.drop_text,
             storage_options=settings.storage_options,
+            fingerprint=commit.fingerprint_id(job.fingerprint),
+            dim=job.truncation.dim,
         )
-        replicas = run_pipeline(job.shards, pipeline_spec, replica_spec_for(job, plan), plan)
+        items = work_items(job.shards, committed, excluded)
+        counts, replicas = run_pipeline(items, pipeline_spec, replica_spec_for(job, plan), plan)
         t_done = time.perf_counter()
     finally:
         if started_here:
             ray.shutdown()
+    remove_leftovers(job, committed)
     collections = manifest.count_output_rows(job.output, settings.storage_options)
     rejections = corpus.read_rejections(job.output, settings.storage_options)
     record = manifest.build_manifest(
@@ -179,16 +204,35 @@ def run_job(job: Job) -> tuple[dict, int]:
         timings={
             "wall_seconds": round(time.perf_counter() - t0, 3),
             "ray_start_seconds": round(t_ray - t0, 3),
-            "pipeline_seconds": round(t_done - t_ray, 3),
+            "duplicate_scan_seconds": round(t_scan - t_ray, 3),
+            "pipeline_seconds": round(t_done - t_scan, 3),
         },
         started_at=started_at,
+        counts=counts,
     )
     manifest.write_manifest(job.output, record, settings.storage_options)
     return record, exit_code_for(record, settings.max_rejected_fraction)
 
 
+def remove_leftovers(job: Job, committed: dict[str, list[commit.CommittedFile]]) -> None:
+    """Output and rejection files of input files that are gone: their rows are no input now."""
+    options = job.settings.storage_options
+    current = {shard.digest for shard in job.shards}
+    for digest, files in committed.items():
+        if digest not in current:
+            for stale in files:
+                log.info("removing output of a deleted input file: %s", stale.path)
+                storage.remove(stale.path, options)
+    keys = {f"{shard.key}.jsonl" for shard in job.shards}
+    fs, rejected = storage.open_fs(storage.join(job.output, storage.REJECTED_DIR), options)
+    if fs.exists(rejected):
+        for path in fs.find(rejected):
+            if path.rsplit("/", 1)[-1] not in keys:
+                fs.rm(path)
+
+
 def exit_code_for(record: dict, max_rejected_fraction: float) -> int:
-    seen = record["rows_embedded"] + record["rows_rejected"]
+    seen = record["rows_in_output"] + record["rows_rejected"]
     fraction = record["rows_rejected"] / seen if seen else 0.0
     if fraction > max_rejected_fraction:
         log.error(
@@ -207,7 +251,8 @@ def print_summary(record: dict, output: str) -> None:
     print(
         f"\nEmbedded {record['rows_embedded']} rows with {record['model']} "
         f"at dim {record['dim']} ({record['dtype']}, {record['replicas']} replica(s)); "
-        f"rejected {record['rows_rejected']}."
+        f"skipped {record['rows_skipped']} already done; rejected {record['rows_rejected']}; "
+        f"{record['rows_in_output']} rows in OUTPUT."
     )
     for name, entry in sorted(record["collections"].items()):
         print(

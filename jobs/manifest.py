@@ -60,11 +60,17 @@ def build_manifest(
     rejections: list[dict[str, Any]],
     timings: dict[str, float],
     started_at: dt.datetime,
-    rows_skipped: int = 0,
+    counts: dict[str, int],
 ) -> dict[str, Any]:
-    """Everything DESIGN.md promises in the manifest, in one flat, documented dict."""
+    """Everything DESIGN.md promises in the manifest, in one flat, documented dict.
+
+    `rows_embedded` counts rows encoded by this run; `rows_skipped` rows already done
+    (finished blocks, and unchanged rows of edited blocks whose vectors were reused);
+    `rows_in_output` what OUTPUT holds now, from the Parquet footers.
+    """
     totals = summarize_replicas(replicas)
-    rows_embedded = sum(c["rows"] for c in collections.values())
+    rows_embedded = counts["embedded"]
+    rows_in_output = sum(c["rows"] for c in collections.values())
     wall = timings.get("wall_seconds") or 0.0
     dtypes = sorted({r["dtype"] for r in replicas})
     return {
@@ -86,7 +92,8 @@ def build_manifest(
         "devices": replicas,
         "replicas": len(replicas),
         "rows_embedded": rows_embedded,
-        "rows_skipped": rows_skipped,
+        "rows_skipped": counts["skipped"] + counts["reused"],
+        "rows_in_output": rows_in_output,
         "rows_rejected": len(rejections),
         "rejected_by_reason": rejected_by_reason(rejections),
         "rows_truncated_to_max_tokens": totals["rows_truncated_to_max_tokens"],
@@ -94,6 +101,7 @@ def build_manifest(
         "tokens": totals["tokens"],
         "tokens_per_second": round(totals["tokens"] / wall, 2) if wall else 0.0,
         "rows_per_second": round(rows_embedded / wall, 2) if wall else 0.0,
+        "files_written": counts["files"],
         "timings": timings | {"encode_seconds_all_replicas": totals["encode_seconds"]},
         "started_at": started_at.isoformat(timespec="seconds"),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -8,6 +8,7 @@ no longer be written under one deterministic name. An envelope is never split or
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -17,14 +18,27 @@ import numpy as np
 import pyarrow as pa
 
 from embedder import Replica, ReplicaSpec
-from jobs import corpus, storage
+from jobs import commit, corpus, storage
 from jobs.placement import ReplicaPlan
 
 log = logging.getLogger("embed")
 
-ENVELOPE_SCHEMA = pa.schema([("label", pa.string()), ("rows", pa.int64()), ("block", pa.binary())])
+KEY_COLUMN = "_key"  # in flight: the row's reuse key, stored in the file footer, not as a column
+ENVELOPE_SCHEMA = pa.schema(
+    [
+        ("label", pa.string()),
+        ("digest", pa.string()),
+        ("rows", pa.int64()),
+        ("skipped", pa.int64()),
+        ("embedded", pa.int64()),
+        ("reused", pa.int64()),
+        ("block", pa.binary()),
+        ("reuse", pa.binary()),
+        ("stale", pa.list_(pa.string())),
+    ]
+)
 WRITTEN_SCHEMA = pa.schema(
-    [("collection", pa.string()), ("file", pa.string()), ("rows", pa.int64())]
+    [(name, pa.int64()) for name in ("rows", "skipped", "embedded", "reused", "files")]
 )
 
 
@@ -37,6 +51,8 @@ class PipelineSpec:
     block_rows: int
     drop_text: bool
     storage_options: dict[str, Any]
+    fingerprint: str
+    dim: int
 
 
 def pack(table: pa.Table) -> bytes:
@@ -50,29 +66,76 @@ def unpack(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
-def envelopes(blocks: list[tuple[str, pa.Table]]) -> pa.Table:
-    return pa.table(
-        {
-            "label": [label for label, _ in blocks],
-            "rows": [table.num_rows for _, table in blocks],
-            "block": [pack(table) for _, table in blocks],
-        },
-        schema=ENVELOPE_SCHEMA,
-    )
+def envelope(label: str, digest: str, rows: int, **fields: Any) -> dict[str, Any]:
+    defaults = {"skipped": 0, "embedded": 0, "reused": 0, "block": b"", "reuse": b"", "stale": []}
+    return {"label": label, "digest": digest, "rows": rows, **defaults, **fields}
+
+
+def envelopes_table(items: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(items, schema=ENVELOPE_SCHEMA)
+
+
+def work_items(shards, committed, excluded) -> list[dict[str, str]]:
+    """One item per input file: the shard, its earlier output files, rows to set aside."""
+    items = []
+    for shard in shards:
+        work = {
+            "shard": asdict(shard),
+            "committed": [asdict(c) for c in committed.get(shard.digest, [])],
+            "excluded": excluded.get(shard.relpath, {}),
+        }
+        items.append({"work": json.dumps(work)})
+    return items
 
 
 def read_shards(batch: pa.Table, spec: PipelineSpec):
-    """Ray map_batches function: one row per shard in, one envelope per block of valid rows out.
+    """Ray map_batches function: one work item per input file in, one envelope per block out.
 
-    Rejections go straight to OUTPUT/_rejected/ under a name fixed by the input file.
+    Finished blocks go out as a bare count (skipped); others carry their rows and whatever
+    earlier vectors can be reused. Rejections go to OUTPUT/_rejected/ under a name fixed by
+    the input file; output files of blocks the file no longer has are removed.
     """
-    for row in batch.to_pylist():
-        shard = corpus.Shard(**row)
-        reader = corpus.ShardReader(shard, spec.columns, spec.block_rows)
+    for item in batch.column("work").to_pylist():
+        work = json.loads(item)
+        shard = corpus.Shard(**work["shard"])
+        committed = [commit.CommittedFile(**c) for c in work["committed"]]
+        excluded = {int(row): reason for row, reason in work["excluded"].items()}
+        reader = corpus.ShardReader(shard, spec.columns, spec.block_rows, excluded)
+        produced = set()
         for table in reader.tables(spec.storage_options):
             label = table.column(corpus.BLOCK_COLUMN)[0].as_py()
-            yield envelopes([(label, table.drop_columns([corpus.BLOCK_COLUMN]))])
+            produced.add(label)
+            files = [c for c in committed if c.label == label]
+            body = table.drop_columns([corpus.BLOCK_COLUMN])
+            yield envelopes_table([plan_block(label, body, files, spec)])
         corpus.write_rejections(spec.output, shard, reader.rejections, spec.storage_options)
+        for orphan in (c for c in committed if c.label not in produced):
+            storage.remove(
+                storage.join(spec.output, output_relpath(orphan.collection, orphan.label)),
+                spec.storage_options,
+            )
+
+
+def plan_block(label: str, body: pa.Table, files, spec: PipelineSpec) -> dict[str, Any]:
+    digest = commit.block_digest(body)
+    parts = len(set(body.column("collection").to_pylist()))
+    if files and commit.is_block_done(files, spec.fingerprint, digest, parts, spec.storage_options):
+        return envelope(label, digest, body.num_rows, skipped=body.num_rows)
+    reuse = (
+        commit.reusable_vectors(files, spec.fingerprint, spec.storage_options) if files else None
+    )
+    return envelope(
+        label,
+        digest,
+        body.num_rows,
+        block=pack(body),
+        reuse=pack(reuse) if reuse is not None else b"",
+        stale=[output_relpath(f.collection, f.label) for f in files],
+    )
+
+
+def output_relpath(collection: str, label: str) -> str:
+    return f"collection={collection}/part-{label}.parquet"
 
 
 def embedding_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
@@ -82,12 +145,13 @@ def embedding_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
 
 
 class EmbedBatches:
-    """Ray actor: holds one Replica for its lifetime and embeds each block it is given."""
+    """Ray actor: holds one Replica for its lifetime and embeds the blocks it is given."""
 
     def __init__(self, replica_spec: ReplicaSpec, drop_text: bool, stats_actor, on_gpus: bool):
         import ray
 
         self.replica = Replica(replica_spec, gpus_assigned=on_gpus)
+        self.dim = replica_spec.dim
         self.drop_text = drop_text
         self.stats_actor = stats_actor
         self.replica_id = ray.get_runtime_context().get_actor_id()
@@ -96,19 +160,34 @@ class EmbedBatches:
         self.report()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        blocks = [
-            (label, self.embed_block(unpack(data)))
-            for label, data in zip(
-                batch.column("label").to_pylist(), batch.column("block").to_pylist()
-            )
-        ]
+        items = [self.embed_envelope(item) if item["block"] else item for item in batch.to_pylist()]
         self.report()
-        return envelopes(blocks)
+        return envelopes_table(items)
 
-    def embed_block(self, table: pa.Table) -> pa.Table:
-        vectors = self.replica.embed(table.column("text").to_pylist())
+    def embed_envelope(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Vectors for the block's rows: reused where id and text are unchanged, else encoded."""
+        table = unpack(item["block"])
+        texts = table.column("text").to_pylist()
+        keys = commit.row_keys(table.column("id").to_pylist(), texts)
+        reuse = reuse_index(unpack(item["reuse"]), self.dim) if item["reuse"] else {}
+        vectors = np.empty((len(keys), self.dim), dtype=np.float32)
+        todo = [i for i, key in enumerate(keys) if key not in reuse]
+        if todo:
+            vectors[todo] = self.replica.embed([texts[i] for i in todo])
+        for i, key in enumerate(keys):
+            if key in reuse:
+                vectors[i] = reuse[key]
         table = table.append_column("embedding", embedding_column(vectors))
-        return table.drop_columns(["text"]) if self.drop_text else table
+        table = table.append_column(KEY_COLUMN, pa.array(keys, pa.string()))
+        if self.drop_text:
+            table = table.drop_columns(["text"])
+        embedded = len(todo)
+        return item | {
+            "block": pack(table),
+            "reuse": b"",
+            "embedded": embedded,
+            "reused": len(keys) - embedded,
+        }
 
     def report(self) -> None:
         # Cumulative figures, so a lost or repeated report cannot skew the totals.
@@ -118,26 +197,46 @@ class EmbedBatches:
         )
 
 
-def write_blocks(batch: pa.Table, spec: PipelineSpec) -> pa.Table:
-    """Ray map_batches function: write each embedded block as Parquet, one file per collection.
+def reuse_index(table: pa.Table, dim: int) -> dict[str, np.ndarray]:
+    column = table.column("embedding").combine_chunks()
+    if column.type.list_size != dim:
+        return {}
+    matrix = np.asarray(column.flatten(), dtype=np.float32).reshape(-1, dim)
+    return dict(zip(table.column("key").to_pylist(), matrix))
 
-    The file name comes from the input block (file digest + first source row), never a UUID:
-    the same input block always lands in the same file, and writing it again replaces it.
-    Each file keeps its own schema, so collections with different metadata never mix columns.
+
+def write_blocks(batch: pa.Table, spec: PipelineSpec) -> pa.Table:
+    """Ray map_batches function: commit each embedded block, one Parquet file per collection.
+
+    The footer of each file says which fingerprint and content made it (see jobs.commit).
+    Files of the block's earlier version that this version no longer has are removed after
+    the new ones are in place.
     """
-    written = {"collection": [], "file": [], "rows": []}
-    for label, data in zip(batch.column("label").to_pylist(), batch.column("block").to_pylist()):
-        block = unpack(data)
-        for collection, rows in rows_per_collection(block).items():
-            part = block.take(pa.array(rows)).drop_columns(["collection"])
-            relpath = f"collection={collection}/part-{label}.parquet"
-            storage.write_parquet_atomic(
-                storage.join(spec.output, relpath), part, spec.storage_options
-            )
-            written["collection"].append(collection)
-            written["file"].append(relpath)
-            written["rows"].append(part.num_rows)
-    return pa.table(written, schema=WRITTEN_SCHEMA)
+    summary = []
+    for item in batch.to_pylist():
+        files = write_block(item, spec) if item["block"] else []
+        summary.append({name: item[name] for name in ("rows", "skipped", "embedded", "reused")})
+        summary[-1]["files"] = len(files)
+    return pa.Table.from_pylist(summary, schema=WRITTEN_SCHEMA)
+
+
+def write_block(item: dict[str, Any], spec: PipelineSpec) -> list[str]:
+    block = unpack(item["block"])
+    groups = rows_per_collection(block)
+    written = []
+    for collection, rows in groups.items():
+        part = block.take(pa.array(rows))
+        keys = part.column(KEY_COLUMN).to_pylist()
+        part = part.drop_columns(["collection", corpus.ROW_COLUMN, KEY_COLUMN])
+        part = part.replace_schema_metadata(
+            commit.file_metadata(spec.fingerprint, item["digest"], len(groups), keys)
+        )
+        relpath = output_relpath(collection, item["label"])
+        storage.write_parquet_atomic(storage.join(spec.output, relpath), part, spec.storage_options)
+        written.append(relpath)
+    for relpath in set(item["stale"]) - set(written):
+        storage.remove(storage.join(spec.output, relpath), spec.storage_options)
+    return written
 
 
 def rows_per_collection(block: pa.Table) -> dict[str, list[int]]:
@@ -168,17 +267,17 @@ def stats_collector_class():
 
 
 def run_pipeline(
-    shards: list[corpus.Shard],
+    items: list[dict[str, str]],
     spec: PipelineSpec,
     replica_spec: ReplicaSpec,
     plan: ReplicaPlan,
-) -> list[dict[str, Any]]:
-    """Run the whole dataset to Parquet; returns per-replica figures."""
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """Run every work item to committed Parquet; returns row counts and per-replica figures."""
     import ray
     import ray.data
 
     stats = stats_collector_class().remote()
-    dataset = ray.data.from_items([asdict(s) for s in shards], override_num_blocks=len(shards))
+    dataset = ray.data.from_items(items, override_num_blocks=len(items))
     dataset = dataset.map_batches(
         read_shards, batch_size=1, batch_format="pyarrow", fn_kwargs={"spec": spec}
     )
@@ -202,5 +301,6 @@ def run_pipeline(
     written = dataset.take_all()
     replicas = ray.get(stats.summary.remote())
     ray.kill(stats)
-    log.info("wrote %d file(s)", len(written))
-    return replicas
+    counts = {name: sum(row[name] for row in written) for name in WRITTEN_SCHEMA.names}
+    log.info("blocks: %d; files written: %d", len(written), counts["files"])
+    return counts, replicas

@@ -73,3 +73,10 @@ def write_parquet_atomic(uri: str, table, storage_options: dict[str, Any] | None
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     write_bytes_atomic(uri, sink.getvalue().to_pybytes(), storage_options)
+
+
+def remove(uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Delete one file if it is there."""
+    fs, path = open_fs(uri, storage_options)
+    if fs.exists(path):
+        fs.rm(path)
