@@ -45,6 +45,7 @@ class ReplicaStats:
     tokens: int = 0
     truncated_texts: int = 0
     batches: int = 0
+    oom_retries: int = 0
     encode_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -71,6 +72,8 @@ class Replica:
         if spec.max_tokens:
             self.model.max_seq_length = min(spec.max_tokens, self.model.max_seq_length or 10**9)
         self.stats = ReplicaStats()
+        # Halved on each CUDA out-of-memory and kept: the size that worked stays in use.
+        self.batch_size = spec.batch_size
 
     def describe(self) -> dict[str, Any]:
         """Where and how this replica runs, for logs and the manifest."""
@@ -89,21 +92,36 @@ class Replica:
         """Encode with the document prompt, truncate to dim, re-normalize; counts tokens."""
         self.count_tokens(texts)
         started = time.perf_counter()
-        raw = self.model.encode(
-            texts,
-            prompt=self.spec.document_prompt or None,
-            prompt_name=self.spec.document_prompt_name or None,
-            batch_size=self.spec.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=False,
-            show_progress_bar=False,
-            **self.spec.encode_kwargs,
-        )
+        raw = self.encode_backing_off(texts)
         vectors = truncate_and_normalize(raw, self.spec.dim)
         self.stats.encode_seconds += time.perf_counter() - started
         self.stats.rows += len(texts)
         self.stats.batches += 1
         return vectors
+
+    def encode_backing_off(self, texts: list[str]) -> np.ndarray:
+        """Encode; on CUDA out-of-memory halve the batch size and retry instead of failing."""
+        import torch
+
+        while True:
+            try:
+                return self.model.encode(
+                    texts,
+                    prompt=self.spec.document_prompt or None,
+                    prompt_name=self.spec.document_prompt_name or None,
+                    batch_size=self.batch_size,
+                    convert_to_numpy=True,
+                    normalize_embeddings=False,
+                    show_progress_bar=False,
+                    **self.spec.encode_kwargs,
+                )
+            except torch.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                self.stats.oom_retries += 1
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
 
     def count_tokens(self, texts: list[str]) -> None:
         """Real tokens fed to the model, and how many texts the max length cut short."""

@@ -1,0 +1,239 @@
+"""Crash anywhere, rerun: every input row in the output exactly once, finished work kept.
+
+The job runs as a user runs it, as a subprocess in its own process group, and is killed with
+SIGKILL at several points; reruns must complete the output without duplicates.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import REPO, job_env, real_texts, reference_vectors, run_job_cli, write_jsonl
+
+FILES = 44
+ROWS_PER_FILE = 30
+
+
+def make_corpus(root: Path) -> dict[str, str]:
+    """44 JSONL files in three collections; returns id -> text.
+
+    Texts are first lines of real paragraphs: short, so a whole run encodes in seconds.
+    """
+    paragraphs = [p.splitlines()[0][:100] for p in real_texts(400)]
+    expected = {}
+    for f in range(FILES):
+        collection = ("docs", "code", "notes")[f % 3]
+        records = []
+        for r in range(ROWS_PER_FILE):
+            text = f"{paragraphs[(f * ROWS_PER_FILE + r) % len(paragraphs)]} [{f}.{r}]"
+            records.append({"id": f"f{f}-r{r}", "text": text, "n": r})
+            expected[f"f{f}-r{r}"] = text
+        write_jsonl(root / collection / f"part-{f:03d}.jsonl", records)
+    return expected
+
+
+def part_files(output: Path) -> list[Path]:
+    return sorted(output.glob("collection=*/*.parquet"))
+
+
+def output_ids(output: Path) -> collections.Counter:
+    ids = collections.Counter()
+    for path in part_files(output):
+        ids.update(pq.read_table(path, columns=["id"]).column("id").to_pylist())
+    return ids
+
+
+def assert_exactly_once(output: Path, expected: dict[str, str]) -> None:
+    ids = output_ids(output)
+    repeated = [i for i, n in ids.items() if n > 1]
+    assert not repeated, f"ids written twice: {repeated[:5]}"
+    assert set(ids) == set(expected)
+
+
+def assert_no_duplicates_so_far(output: Path, expected: dict[str, str]) -> None:
+    """What a reader sees in OUTPUT after a crash: possibly incomplete, never doubled."""
+    ids = output_ids(output)
+    assert all(n == 1 for n in ids.values())
+    assert set(ids) <= set(expected)
+
+
+def ray_processes() -> set[int]:
+    found = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True)
+    return {int(pid) for pid in found.stdout.split()}
+
+
+def kill_when(args: list[str], ready, env=None, timeout: float = 300) -> None:
+    """Start the job in its own process group and SIGKILL the whole group once ready()."""
+    before = ray_processes()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.embed", *args],
+        cwd=REPO,
+        env=env or job_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if ready():
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL, "the job ended before the kill point"
+    wait_until(lambda: not (ray_processes() - before), 30, "Ray processes outlived the kill")
+
+
+def wait_until(condition, seconds: float, message: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(message)
+        time.sleep(0.2)
+
+
+def finish(args: list[str], env=None) -> dict:
+    result = run_job_cli(args, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((Path(args[1]) / "_manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume-corpus")
+    return root, make_corpus(root)
+
+
+def test_killed_at_any_point_then_rerun_gives_every_row_exactly_once(corpus, tmp_path):
+    root, expected = corpus
+    output = tmp_path / "out"
+    args = [str(root), str(output), "all-miniLM-l6"]
+
+    # Early: right after the first block is committed.
+    kill_when(args, lambda: len(part_files(output)) >= 1)
+    assert_no_duplicates_so_far(output, expected)
+    early = len(output_ids(output))
+    assert 0 < early < len(expected)
+
+    # Middle: the rerun resumes and is killed again half way.
+    kill_when(args, lambda: len(part_files(output)) >= FILES // 2)
+    assert_no_duplicates_so_far(output, expected)
+    middle = len(output_ids(output))
+    assert early < middle < len(expected)
+
+    # At the manifest: every block is committed, the manifest not yet written.
+    manifest = output / "_manifest.json"
+    kill_when(args, lambda: len(part_files(output)) >= FILES and not manifest.exists())
+    assert not manifest.exists()
+    assert_exactly_once(output, expected)
+
+    record = finish(args)
+    assert_exactly_once(output, expected)
+    assert record["rows_embedded"] == 0  # all of it was committed before the last kill
+    assert record["rows_skipped"] == record["rows_in_output"] == len(expected)
+
+
+def test_rerun_of_a_finished_job_embeds_nothing_and_an_edit_embeds_one_row(
+    corpus, tmp_path, bare_model
+):
+    source, expected = corpus
+    root = tmp_path / "in"
+    subprocess.run(["cp", "-r", str(source), str(root)], check=True)
+    output = tmp_path / "out"
+    args = [str(root), str(output), "all-miniLM-l6"]
+    first = finish(args)
+    assert first["rows_embedded"] == len(expected)
+
+    again = finish(args)
+    assert again["rows_embedded"] == 0 and again["rows_skipped"] == len(expected)
+    mtimes = {p: p.stat().st_mtime_ns for p in part_files(output)}
+
+    # Edit one chunk of one file.
+    edited_file = root / "code" / "part-004.jsonl"
+    lines = edited_file.read_text().splitlines()
+    record = json.loads(lines[7])
+    record["text"] = "def resumed(): return 'an edited chunk is embedded again'"
+    lines[7] = json.dumps(record)
+    edited_file.write_text("\n".join(lines) + "\n")
+
+    after_edit = finish(args)
+    assert after_edit["rows_embedded"] == 1
+    assert after_edit["rows_skipped"] == len(expected) - 1
+    assert_exactly_once(output, expected)
+    changed = [p for p in part_files(output) if p.stat().st_mtime_ns != mtimes.get(p)]
+    assert len(changed) == 1  # only the edited block's file was rewritten
+    table = pq.read_table(changed[0])
+    row = table.to_pylist()[7]
+    assert (row["id"], row["text"]) == ("f4-r7", record["text"])
+    reference = reference_vectors(bare_model, [record["text"]], 384)[0]
+    assert float(np.dot(row["embedding"], reference)) >= 0.9999
+    unchanged = table.to_pylist()[6]
+    reference = reference_vectors(bare_model, [unchanged["text"]], 384)[0]
+    assert float(np.dot(unchanged["embedding"], reference)) >= 0.9999
+
+    # Remove a whole input file: its rows leave the output.
+    (root / "docs" / "part-000.jsonl").unlink()
+    after_delete = finish(args)
+    assert after_delete["rows_embedded"] == 0
+    remaining = {k: v for k, v in expected.items() if not k.startswith("f0-")}
+    assert set(output_ids(output)) == set(remaining)
+
+
+def test_a_replica_killed_mid_run_is_restarted_and_nothing_is_doubled(corpus, tmp_path):
+    root, expected = corpus
+    output = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.embed", str(root), str(output), "all-miniLM-l6"],
+        cwd=REPO,
+        env=job_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: len(part_files(output)) >= 3 or proc.poll() is not None, 240, "slow")
+        replicas = subprocess.run(
+            ["pgrep", "-f", "EmbedBatches"], capture_output=True, text=True
+        ).stdout.split()
+        assert replicas, "no replica process found"
+        committed_at_kill = len(part_files(output))
+        os.kill(int(replicas[0]), signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert committed_at_kill < FILES  # the replica died with work left to do
+    assert_exactly_once(output, expected)
+    manifest = json.loads((output / "_manifest.json").read_text())
+    assert manifest["rows_in_output"] == len(expected)
+
+
+def test_changing_dim_or_model_on_the_same_output_is_refused(corpus, tmp_path):
+    root, _ = corpus
+    output = tmp_path / "out"
+    (output).mkdir()
+    (output / "_fingerprint.json").write_text(
+        json.dumps({"hf_id": "sentence-transformers/all-MiniLM-L6-v2", "dim": 384})
+    )
+    result = run_job_cli([str(root), str(output), "all-miniLM-l6", "128", "--allow-non-matryoshka"])
+    assert result.returncode == 2
+    assert "dim: OUTPUT has 384, this run 128" in result.stderr
+    assert "--overwrite" in result.stderr
+    assert sorted(p.name for p in output.iterdir()) == ["_fingerprint.json"]
