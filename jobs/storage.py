@@ -14,8 +14,14 @@ REJECTED_DIR = "_rejected"
 
 
 def open_fs(uri: str, storage_options: dict[str, Any] | None = None):
-    """The fsspec filesystem for `uri` and the path inside it."""
-    return fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    """The fsspec filesystem for `uri` and the path inside it.
+
+    Listing caches are dropped: other processes (Ray workers) write to the same storage, and
+    a cached listing of an object store would hide their files.
+    """
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    fs.invalidate_cache()
+    return fs, path
 
 
 def join(uri: str, *parts: str) -> str:
