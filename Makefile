@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m jobs.embed samples/corpus $(DEMO_OUT) all-miniLM-l6 --overwrite
+	HF_HUB_OFFLINE=1 $(BIN)/python -m jobs.embed samples/corpus $(DEMO_OUT) all-miniLM-l6
 	@echo "Output written to $(abspath $(DEMO_OUT)) (Parquet per collection, manifest in _manifest.json)"
 
 test: install
