@@ -128,16 +128,18 @@ def replica_spec_for(job: Job, plan: ReplicaPlan) -> ReplicaSpec:
     )
 
 
-def start_ray() -> tuple[bool, bool]:
-    """Join the cluster at RAY_ADDRESS, or start a local Ray. Returns (started_here, remote)."""
+def start_ray() -> bool:
+    """Join the cluster at RAY_ADDRESS (Ray reads it), or start a local Ray.
+
+    Returns whether this call started or joined Ray (and so should shut it down). num_cpus and
+    num_gpus are not passed: ray.init raises when they are given while joining a cluster.
+    """
     import ray
 
     if ray.is_initialized():
-        return False, False
-    remote = bool(os.environ.get("RAY_ADDRESS"))
-    # num_cpus/num_gpus must not be passed when joining a cluster: ray.init raises.
+        return False
     ray.init(include_dashboard=False, log_to_driver=True)
-    return True, remote
+    return True
 
 
 def cluster_resources() -> tuple[float, float]:
@@ -154,7 +156,7 @@ def run_job(job: Job) -> tuple[dict, int]:
     settings = job.settings
     started_at = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
-    started_here, _ = start_ray()
+    started_here = start_ray()
     try:
         cpus, gpus = cluster_resources()
         plan = plan_replicas(
