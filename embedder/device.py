@@ -34,9 +34,15 @@ def resolve_device(requested: str, gpus_assigned: bool | None, cuda_available: b
     return "cuda" if cuda_available else "cpu"
 
 
-def choose_dtype(requested: str, device: str, compute_capability: tuple[int, int] | None) -> str:
-    """Precision for the model's weights: fp32 on CPU; on CUDA bf16 where the GPU has it
-    (compute capability 8.0+), else fp16 (a T4 is 7.5 and has no bf16)."""
+def choose_dtype(
+    requested: str, device: str, compute_capability: tuple[int, int] | None, card_dtype: str = ""
+) -> str:
+    """Precision for the model's weights.
+
+    auto: fp32 on CPU. On CUDA, bf16 for models published in bf16 on GPUs that have it
+    (compute capability 8.0+); fp16 otherwise, and always on a T4 (7.5, no bf16), where a
+    NaN from fp16 overflow is caught and that batch redone in fp32.
+    """
     if requested not in DTYPES:
         raise DeviceError(f"dtype must be one of {DTYPES}, got {requested!r}")
     if requested != "auto":
@@ -48,7 +54,7 @@ def choose_dtype(requested: str, device: str, compute_capability: tuple[int, int
         return requested
     if device == "cpu":
         return "fp32"
-    return "bf16" if compute_capability >= (8, 0) else "fp16"
+    return "bf16" if compute_capability >= (8, 0) and card_dtype == "bf16" else "fp16"
 
 
 def torch_dtype(name: str):

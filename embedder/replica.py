@@ -1,19 +1,22 @@
 """One replica: one SentenceTransformer loaded on one device, turning texts into unit vectors.
 
-No Ray here: the same code runs inside a Ray actor and on a bare GPU box.
+No Ray here: the same code runs inside a Ray actor and on a bare GPU box
+(benchmarks/gpu_check.py).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from embedder.batching import DEFAULT_MAX_BATCH_TOKENS, MicroBatch, plan_micro_batches
 from embedder.device import choose_dtype, resolve_device, torch_dtype
-from embedder.vectors import truncate_and_normalize
+from embedder.vectors import bad_rows, truncate_and_normalize
 
 
 @dataclass(frozen=True)
@@ -31,9 +34,11 @@ class ReplicaSpec:
     document_prompt_name: str = ""
     encode_kwargs: dict[str, Any] = field(default_factory=dict)
     max_tokens: int | None = None
+    card_dtype: str = ""
     device: str = "auto"
     dtype: str = "auto"
-    batch_size: int = 64
+    max_batch_tokens: int | None = None  # None: a default for the device
+    batch_size: int = 256  # the most texts in one micro-batch, whatever their length
     cpu_threads: int | None = None
 
 
@@ -43,10 +48,13 @@ class ReplicaStats:
 
     rows: int = 0
     tokens: int = 0
+    padded_tokens: int = 0
     truncated_texts: int = 0
     batches: int = 0
-    oom_retries: int = 0
     encode_seconds: float = 0.0
+    tokenize_seconds: float = 0.0
+    oom_retries: int = 0
+    nan_redone_rows: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,7 +69,7 @@ class Replica:
         self.spec = spec
         self.device = resolve_device(spec.device, gpus_assigned, torch.cuda.is_available())
         capability = torch.cuda.get_device_capability() if self.device == "cuda" else None
-        self.dtype = choose_dtype(spec.dtype, self.device, capability)
+        self.dtype = choose_dtype(spec.dtype, self.device, capability, spec.card_dtype)
         self.gpu_name = torch.cuda.get_device_name() if self.device == "cuda" else ""
         self.compute_capability = capability
         if self.device == "cpu" and spec.cpu_threads:
@@ -71,9 +79,17 @@ class Replica:
         self.load_seconds = time.perf_counter() - started
         if spec.max_tokens:
             self.model.max_seq_length = min(spec.max_tokens, self.model.max_seq_length or 10**9)
+        self.prompt = spec.document_prompt or self.model.prompts.get(spec.document_prompt_name, "")
+        # Halved on each out-of-memory and kept: the budget that worked stays in use. Never
+        # below the longest possible text, which must fit a micro-batch on its own.
+        budget = spec.max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS[self.device]
+        self.max_batch_tokens = max(budget, self.max_seq_length)
+        self.fp32_model = None  # loaded on the first NaN under reduced precision
         self.stats = ReplicaStats()
-        # Halved on each CUDA out-of-memory and kept: the size that worked stays in use.
-        self.batch_size = spec.batch_size
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.model.max_seq_length or 512
 
     def describe(self) -> dict[str, Any]:
         """Where and how this replica runs, for logs and the manifest."""
@@ -89,51 +105,93 @@ class Replica:
         }
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Encode with the document prompt, truncate to dim, re-normalize; counts tokens."""
-        self.count_tokens(texts)
+        """Unit vectors of width dim, in input order: texts are tokenized once, sorted by
+        length and encoded in micro-batches under the token budget."""
         started = time.perf_counter()
-        raw = self.encode_backing_off(texts)
-        vectors = truncate_and_normalize(raw, self.spec.dim)
+        lengths = self.token_lengths(texts)
+        self.stats.tokenize_seconds += time.perf_counter() - started
+        started = time.perf_counter()
+        out = np.empty((len(texts), self.spec.dim), dtype=np.float32)
+        pending = deque(plan_micro_batches(lengths, self.max_batch_tokens, self.spec.batch_size))
+        while pending:
+            batch = pending.popleft()
+            try:
+                raw = self.encode_rows([texts[i] for i in batch.rows])
+            except _out_of_memory_errors() as err:
+                pending.extendleft(reversed(self.back_off(batch, lengths, err)))
+                continue
+            out[list(batch.rows)] = truncate_and_normalize(raw, self.spec.dim)
+            self.stats.batches += 1
+            self.stats.padded_tokens += batch.padded_tokens
         self.stats.encode_seconds += time.perf_counter() - started
         self.stats.rows += len(texts)
-        self.stats.batches += 1
-        return vectors
+        return out
 
-    def encode_backing_off(self, texts: list[str]) -> np.ndarray:
-        """Encode; on CUDA out-of-memory halve the batch size and retry instead of failing."""
-        import torch
+    def back_off(self, batch: MicroBatch, lengths: list[int], err: Exception) -> list[MicroBatch]:
+        """Halve the token budget and re-plan the batch that ran out of memory: it always
+        splits in two or more. A single text that does not fit is a real failure."""
+        if len(batch.rows) == 1:
+            raise err
+        self.max_batch_tokens = max(self.max_seq_length, self.max_batch_tokens // 2)
+        self.stats.oom_retries += 1
+        _release_cuda_cache()
+        sub_lengths = [lengths[i] for i in batch.rows]
+        smaller = plan_micro_batches(sub_lengths, self.max_batch_tokens, len(batch.rows) // 2 or 1)
+        return [MicroBatch(tuple(batch.rows[j] for j in b.rows), b.longest) for b in smaller]
 
-        while True:
-            try:
-                return self.model.encode(
-                    texts,
-                    prompt=self.spec.document_prompt or None,
-                    prompt_name=self.spec.document_prompt_name or None,
-                    batch_size=self.batch_size,
-                    convert_to_numpy=True,
-                    normalize_embeddings=False,
-                    show_progress_bar=False,
-                    **self.spec.encode_kwargs,
-                )
-            except torch.OutOfMemoryError:
-                if self.batch_size == 1:
-                    raise
-                self.batch_size = max(1, self.batch_size // 2)
-                self.stats.oom_retries += 1
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+    def encode_rows(self, texts: list[str]) -> np.ndarray:
+        """Full-width vectors for one micro-batch; rows that come out NaN, inf or zero under
+        reduced precision are encoded again in fp32 (and counted)."""
+        raw = self.encode_with(self.model, texts)
+        bad = bad_rows(raw[:, : self.spec.dim])
+        if bad.size and self.dtype != "fp32":
+            if self.fp32_model is None:
+                self.fp32_model = load_model(self.spec, self.device, "fp32")
+                self.fp32_model.max_seq_length = self.model.max_seq_length
+            raw = np.array(raw, dtype=np.float32)
+            raw[bad] = self.encode_with(self.fp32_model, [texts[i] for i in bad])
+            self.stats.nan_redone_rows += int(bad.size)
+        return raw
 
-    def count_tokens(self, texts: list[str]) -> None:
-        """Real tokens fed to the model, and how many texts the max length cut short."""
+    def encode_with(self, model, texts: list[str]) -> np.ndarray:
+        return model.encode(
+            texts,
+            prompt=self.spec.document_prompt or None,
+            prompt_name=self.spec.document_prompt_name or None,
+            batch_size=len(texts),  # the micro-batch is already the batch
+            convert_to_numpy=True,
+            normalize_embeddings=False,
+            show_progress_bar=False,
+            **self.spec.encode_kwargs,
+        ).astype(np.float32, copy=False)
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Tokens each text gives the model (prompt included, capped at max length); counts
+        real tokens and texts the cap cuts short."""
+        limit = self.max_seq_length
         tokenizer = getattr(self.model, "tokenizer", None)
-        if tokenizer is None:
-            return
-        limit = self.model.max_seq_length
-        lengths = [
-            len(ids) for ids in tokenizer(texts, truncation=False, verbose=False)["input_ids"]
-        ]
-        self.stats.tokens += sum(min(n, limit) for n in lengths)
-        self.stats.truncated_texts += sum(n > limit for n in lengths)
+        if tokenizer is None:  # no tokenizer to ask: treat every text as full length
+            return [limit] * len(texts)
+        prompted = [self.prompt + t for t in texts] if self.prompt else texts
+        encoded = tokenizer(prompted, truncation=False, verbose=False)["input_ids"]
+        full = [len(ids) for ids in encoded]
+        capped = [min(n, limit) for n in full]
+        self.stats.tokens += sum(capped)
+        self.stats.truncated_texts += sum(n > limit for n in full)
+        return capped
+
+
+def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
+    import torch
+
+    return (torch.OutOfMemoryError,)
+
+
+def _release_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def load_model(spec: ReplicaSpec, device: str, dtype: str):

@@ -31,6 +31,14 @@ def truncate_and_normalize(vectors: np.ndarray, dim: int) -> np.ndarray:
     return (head / norms).astype(np.float32)
 
 
+def bad_rows(matrix: np.ndarray) -> np.ndarray:
+    """Positions of rows that are NaN/inf or have (near) zero length."""
+    finite = np.isfinite(matrix).all(axis=1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        norms = np.linalg.norm(matrix.astype(np.float64), axis=1)
+    return np.flatnonzero(~finite | (norms < MIN_NORM))
+
+
 def check_finite_nonzero(matrix: np.ndarray) -> None:
     """Raise EmbeddingError naming the rows that are NaN/inf or have (near) zero length."""
     not_finite = np.flatnonzero(~np.isfinite(matrix).all(axis=1))

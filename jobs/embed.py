@@ -124,7 +124,9 @@ def replica_spec_for(job: Job, plan: ReplicaPlan) -> ReplicaSpec:
         device=settings.device,
         dtype=settings.dtype,
         batch_size=settings.batch_size,
-        cpu_threads=plan.cpus_per_replica,
+        max_batch_tokens=settings.max_batch_tokens,
+        card_dtype=spec.card_dtype,
+        cpu_threads=plan.torch_threads,
     )
 
 

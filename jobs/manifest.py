@@ -43,6 +43,8 @@ def summarize_replicas(replicas: list[dict[str, Any]]) -> dict[str, Any]:
         replica["tokens_per_second"] = round(replica["tokens"] / encode, 2) if encode else 0.0
         alive = replica.get("alive_seconds") or 0.0
         replica["encode_share"] = round(encode / alive, 3) if alive else 0.0
+        padded = replica.get("padded_tokens") or 0
+        replica["padding_share"] = round(1 - replica["tokens"] / padded, 3) if padded else 0.0
     return {
         "tokens": sum(r["tokens"] for r in replicas),
         "rows_truncated_to_max_tokens": sum(r["truncated_texts"] for r in replicas),

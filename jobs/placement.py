@@ -19,6 +19,10 @@ class ReplicaPlan:
     replicas: int
     gpus_per_replica: float
     cpus_per_replica: int
+    # Threads torch may use on a CPU replica. A lone CPU replica also gets the CPU kept for
+    # I/O: Ray's reservation keeps read and write tasks schedulable, and since they run in
+    # short bursts, leaving that core idle in between would cost a whole core of encoding.
+    torch_threads: int = 1
 
     @property
     def on_gpus(self) -> bool:
@@ -41,7 +45,7 @@ def plan_replicas(
                 f"{count or 1} replica(s) x {gpus_each} GPU need more than the cluster's "
                 f"{cluster_gpus:g} GPU(s); lower --replicas or set --gpus-per-replica 0 for CPU."
             )
-        return ReplicaPlan(count, gpus_each, cpus_per_replica or 1)
+        return ReplicaPlan(count, gpus_each, cpus_per_replica or 1, cpus_per_replica or 1)
     spare = int(cluster_cpus) - CPUS_KEPT_FOR_IO
     threads = cpus_per_replica or max(1, min(MAX_DEFAULT_CPU_THREADS, spare))
     count = replicas or max(1, spare // threads)
@@ -51,4 +55,5 @@ def plan_replicas(
             f"{max(spare, 1)} of the cluster's {cluster_cpus:g} can go to replicas "
             f"({CPUS_KEPT_FOR_IO} stays free for reading and writing, or the job would hang)."
         )
-    return ReplicaPlan(count, 0, threads)
+    shares_io_cpu = count == 1 and cpus_per_replica is None
+    return ReplicaPlan(count, 0, threads, threads + CPUS_KEPT_FOR_IO if shares_io_cpu else threads)

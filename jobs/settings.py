@@ -56,7 +56,10 @@ class EmbedSettings(BaseSettings):
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="weights precision: auto = fp32 on CPU, bf16/fp16 on GPU"
     )
-    batch_size: int = Field(64, ge=1, description="texts per forward pass")
+    batch_size: int = Field(256, ge=1, description="most texts in one forward pass")
+    max_batch_tokens: int | None = Field(
+        None, ge=1, description="token budget per forward pass; default 8192 CPU, 32768 GPU"
+    )
     block_rows: int = Field(
         2048, ge=1, description="input rows per block: the unit sent to a replica and written"
     )

@@ -65,3 +65,10 @@ def test_two_logical_gpus_get_two_replicas_each_on_its_own_gpu(mixed_corpus, tmp
     assert record["rows_embedded"] == len(mixed_corpus["expected"])
     on_disk = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert on_disk["replicas"] == 2
+
+
+def test_a_lone_cpu_replica_also_encodes_on_the_io_cpu():
+    assert plan_replicas(cluster_cpus=2, cluster_gpus=0).torch_threads == 2
+    assert plan_replicas(cluster_cpus=2, cluster_gpus=0, cpus_per_replica=1).torch_threads == 1
+    several = plan_replicas(cluster_cpus=32, cluster_gpus=0)
+    assert several.replicas > 1 and several.torch_threads == several.cpus_per_replica

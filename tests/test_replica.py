@@ -66,30 +66,31 @@ def test_the_document_prompt_is_applied(model_path, bare_model, texts):
     assert np.sum(ours * without, axis=1).min() < 0.9999  # the prompt changed the vectors
 
 
-def test_out_of_memory_halves_the_batch_and_keeps_the_size_that_worked(
+def test_out_of_memory_halves_the_token_budget_and_keeps_the_one_that_worked(
     model_path, bare_model, texts
 ):
-    """A CPU box cannot run out of GPU memory, so the model raises CUDA's OOM error above 8
-    texts per forward pass; the vectors still come from the real model."""
-    replica = make_replica(model_path, device="cpu", batch_size=64)
+    """A CPU box cannot run out of GPU memory, so the model raises CUDA's OOM error above 1024
+    padded tokens per forward pass; the vectors still come from the real model."""
+    replica = make_replica(model_path, device="cpu", max_batch_tokens=8192)
     real_encode = replica.model.encode
 
     def encode_with_small_memory(inputs, batch_size, **kwargs):
-        if batch_size > 8:
+        if len(inputs) * max(replica.token_lengths(inputs)) > 1024:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated cap)")
         return real_encode(inputs, batch_size=batch_size, **kwargs)
 
     replica.model.encode = encode_with_small_memory
     ours = replica.embed(texts)
-    assert replica.batch_size == 8 and replica.stats.oom_retries == 3
+    assert replica.max_batch_tokens == 1024 and replica.stats.oom_retries >= 3
     reference = reference_vectors(bare_model, texts, 384)
     assert np.sum(ours * reference, axis=1).min() >= 0.9999
-    replica.embed(texts[:4])
-    assert replica.stats.oom_retries == 3  # the working size was kept
+    retries = replica.stats.oom_retries
+    replica.embed(texts)
+    assert replica.stats.oom_retries == retries  # the working budget was kept
 
 
-def test_out_of_memory_at_batch_size_one_is_raised(model_path, texts):
-    replica = make_replica(model_path, device="cpu", batch_size=2)
+def test_out_of_memory_on_a_single_text_is_raised(model_path, texts):
+    replica = make_replica(model_path, device="cpu")
 
     def always_out_of_memory(inputs, batch_size, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")

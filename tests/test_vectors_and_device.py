@@ -56,9 +56,10 @@ def test_assigned_gpu_without_cuda_is_an_error_not_a_silent_cpu_run():
 
 def test_precision_follows_the_hardware():
     assert choose_dtype("auto", "cpu", None) == "fp32"
-    assert choose_dtype("auto", "cuda", (7, 5)) == "fp16"  # T4: no bf16
-    assert choose_dtype("auto", "cuda", (8, 0)) == "bf16"  # A100
-    assert choose_dtype("auto", "cuda", (9, 0)) == "bf16"  # H100
+    assert choose_dtype("auto", "cuda", (7, 5), "bf16") == "fp16"  # T4: no bf16
+    assert choose_dtype("auto", "cuda", (8, 0), "bf16") == "bf16"  # A100, a bf16 model
+    assert choose_dtype("auto", "cuda", (9, 0), "bf16") == "bf16"  # H100
+    assert choose_dtype("auto", "cuda", (9, 0), "fp32") == "fp16"  # an fp32 model
     assert choose_dtype("bf16", "cpu", None) == "bf16"
     with pytest.raises(DeviceError, match="compute capability 8.0"):
         choose_dtype("bf16", "cuda", (7, 5))

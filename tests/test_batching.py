@@ -1,0 +1,126 @@
+"""Token-budget micro-batches: never over budget, every row once, vectors in input order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from embedder import Replica, ReplicaSpec
+from embedder.batching import plan_micro_batches
+from tests.conftest import real_texts, reference_vectors
+
+
+def test_micro_batches_never_exceed_the_budget_and_cover_every_row_once():
+    rng = np.random.default_rng(7)
+    lengths = [int(n) for n in rng.integers(1, 257, size=1000)] + list(range(1, 257))
+    for budget in (256, 300, 1000, 4096, 8192):
+        batches = plan_micro_batches(lengths, budget)
+        assert all(b.longest * len(b.rows) <= budget for b in batches)
+        assert all(b.longest == max(lengths[i] for i in b.rows) for b in batches)
+        rows = [i for b in batches for i in b.rows]
+        assert sorted(rows) == list(range(len(lengths)))
+
+
+def test_sorting_by_length_cuts_padding():
+    lengths = [1, 256] * 100
+    batches = plan_micro_batches(lengths, 4096)
+    padded = sum(b.padded_tokens for b in batches)
+    real = sum(lengths)
+    assert padded <= 1.15 * real  # fixed batches of 16 mixed texts would pad to 2x real
+
+
+def test_row_cap_and_bad_budgets():
+    assert all(len(b.rows) <= 3 for b in plan_micro_batches([1] * 10, 1000, max_rows=3))
+    with pytest.raises(ValueError, match="does not fit"):
+        plan_micro_batches([10, 300], 256)
+    with pytest.raises(ValueError, match="positive integer"):
+        plan_micro_batches([1], 0)
+
+
+@pytest.fixture(scope="module")
+def mixed_length_texts():
+    """From one line to far past the model's 256 tokens, in no particular order."""
+    paragraphs = real_texts(120)
+    return [p if i % 3 else p.splitlines()[0] for i, p in enumerate(paragraphs)] + ["x " * 900]
+
+
+def make_replica(model_path, **extra) -> Replica:
+    spec = ReplicaSpec(
+        model_name="all-miniLM-l6",
+        source=model_path,
+        source_is_local=True,
+        dim=384,
+        device="cpu",
+        **extra,
+    )
+    return Replica(spec)
+
+
+def test_replica_returns_vectors_in_input_order_equal_to_unsorted_encoding(
+    model_path, bare_model, mixed_length_texts
+):
+    replica = make_replica(model_path, max_batch_tokens=1024)
+    seen_batches = []
+    real_encode = replica.model.encode
+
+    def watch(inputs, batch_size, **kwargs):
+        seen_batches.append(len(inputs) * max(replica.token_lengths(inputs)))
+        return real_encode(inputs, batch_size=batch_size, **kwargs)
+
+    ours = replica.embed(mixed_length_texts)
+    reference = reference_vectors(bare_model, mixed_length_texts, 384)
+    assert np.sum(ours * reference, axis=1).min() >= 0.9999
+    assert replica.stats.batches > 1
+    assert replica.stats.padded_tokens <= replica.stats.batches * 1024
+    assert replica.stats.truncated_texts >= 1  # the "x " * 900 text, at least
+
+    replica.model.encode = watch
+    replica.embed(mixed_length_texts[:40])
+    assert seen_batches and max(seen_batches) <= 1024
+
+
+def test_a_fake_out_of_memory_on_the_first_try_splits_the_batch_and_finishes(
+    model_path, bare_model, mixed_length_texts
+):
+    replica = make_replica(model_path, max_batch_tokens=8192)
+    real_encode = replica.model.encode
+    calls = {"n": 0}
+
+    def out_of_memory_once(inputs, batch_size, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_encode(inputs, batch_size=batch_size, **kwargs)
+
+    replica.model.encode = out_of_memory_once
+    ours = replica.embed(mixed_length_texts)
+    assert replica.stats.oom_retries == 1 and replica.max_batch_tokens == 4096
+    reference = reference_vectors(bare_model, mixed_length_texts, 384)
+    assert ours.shape[0] == len(mixed_length_texts)
+    assert np.sum(ours * reference, axis=1).min() >= 0.9999
+
+
+def test_nan_under_reduced_precision_is_redone_in_fp32_and_counted(
+    model_path, bare_model, mixed_length_texts
+):
+    """A forward hook on the real bf16 model turns one micro-batch's output to NaN once."""
+    replica = make_replica(model_path, dtype="bf16", max_batch_tokens=2048)
+    fired = {"done": False}
+
+    def nan_once(module, inputs, output):
+        if not fired["done"]:
+            fired["done"] = True
+            output["sentence_embedding"] = torch.full_like(
+                output["sentence_embedding"], float("nan")
+            )
+        return output
+
+    replica.model.register_forward_hook(nan_once)
+    texts = mixed_length_texts[:30]
+    ours = replica.embed(texts)
+    assert fired["done"] and replica.stats.nan_redone_rows > 0
+    assert replica.fp32_model is not None
+    assert np.isfinite(ours).all()
+    reference = reference_vectors(bare_model, texts, 384)
+    assert np.sum(ours * reference, axis=1).min() >= 0.99
