@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= out/demo
 
-.PHONY: install demo test test-all lint clean
+.PHONY: install demo test test-all lint clean bench
 
 install: $(STAMP)
 
@@ -33,3 +33,6 @@ lint: install
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
+
+bench: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.throughput

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs import storage
+from jobs.ipc import pack
 
 FINGERPRINT_NAME = "_fingerprint.json"
 META_FINGERPRINT = b"embed.fingerprint"
@@ -107,10 +108,7 @@ def index_committed(output_uri: str, storage_options=None) -> dict[str, list[Com
 
 def block_digest(table: pa.Table) -> str:
     """A digest of everything about a block that ends up in its output files."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return hashlib.sha1(sink.getvalue()).hexdigest()
+    return hashlib.sha1(pack(table)).hexdigest()
 
 
 def row_keys(ids: list[str], texts: list[str]) -> list[str]:

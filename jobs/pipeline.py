@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from embedder import Replica, ReplicaSpec
 from jobs import commit, corpus, storage
+from jobs.ipc import pack, unpack
 from jobs.placement import ReplicaPlan
 
 log = logging.getLogger("embed")
@@ -53,17 +54,6 @@ class PipelineSpec:
     storage_options: dict[str, Any]
     fingerprint: str
     dim: int
-
-
-def pack(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
-def unpack(data: bytes) -> pa.Table:
-    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
 def envelope(label: str, digest: str, rows: int, **fields: Any) -> dict[str, Any]:
