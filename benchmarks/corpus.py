@@ -12,55 +12,7 @@ import random
 import sysconfig
 from pathlib import Path
 
-# A fixed list, so the corpus is the same on every machine with the same Python.
-MODULES = (
-    "argparse",
-    "ast",
-    "asyncio/base_events",
-    "asyncio/tasks",
-    "calendar",
-    "collections/__init__",
-    "configparser",
-    "csv",
-    "dataclasses",
-    "datetime",
-    "difflib",
-    "email/message",
-    "enum",
-    "fractions",
-    "ftplib",
-    "functools",
-    "gettext",
-    "gzip",
-    "heapq",
-    "http/client",
-    "inspect",
-    "ipaddress",
-    "json/decoder",
-    "json/encoder",
-    "logging/__init__",
-    "mailbox",
-    "pathlib",
-    "pickle",
-    "pprint",
-    "random",
-    "shutil",
-    "smtplib",
-    "statistics",
-    "string",
-    "subprocess",
-    "tarfile",
-    "tempfile",
-    "textwrap",
-    "threading",
-    "tokenize",
-    "traceback",
-    "typing",
-    "unittest/case",
-    "urllib/parse",
-    "uuid",
-    "zipfile",
-)
+from jobs.evalsets import STDLIB_MODULES as MODULES
 
 
 def stdlib_chunks() -> list[str]:

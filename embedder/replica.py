@@ -6,6 +6,8 @@ No Ray here: the same code runs inside a Ray actor and on a bare GPU box
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import time
 from collections import deque
@@ -86,6 +88,16 @@ class Replica:
         self.max_batch_tokens = max(budget, self.max_seq_length)
         self.fp32_model = None  # loaded on the first NaN under reduced precision
         self.stats = ReplicaStats()
+
+    def for_prompt(self, prompt: str = "", prompt_name: str = "") -> Replica:
+        """The same loaded model with another prompt (queries use the query prompt)."""
+        other = copy.copy(self)
+        other.spec = dataclasses.replace(
+            self.spec, document_prompt=prompt, document_prompt_name=prompt_name
+        )
+        other.prompt = prompt or self.model.prompts.get(prompt_name, "")
+        other.stats = ReplicaStats()
+        return other
 
     @property
     def max_seq_length(self) -> int:

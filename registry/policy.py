@@ -39,11 +39,14 @@ def plan_truncation(spec: ModelSpec, dim: int | None, allow_non_matryoshka: bool
             f"DIM {dim} is larger than {spec.name}'s native dim {native}. "
             f"Use a DIM of at most {native}, or omit DIM for the full {native}."
         )
+    measured = spec.retention_note(dim)
+    cost = f" Measured: {measured}." if measured else ""
     if spec.matryoshka == "none":
         if not allow_non_matryoshka:
+            unmeasured = "" if measured else " that nothing has measured"
             raise PolicyError(
                 f"{spec.name} was not trained for Matryoshka truncation: cutting it to {dim} of "
-                f"{native} dims loses retrieval quality that nothing has measured. Omit DIM to "
+                f"{native} dims loses retrieval quality{unmeasured}.{cost} Omit DIM to "
                 f"keep all {native} dims, pick a Matryoshka model, or pass "
                 "--allow-non-matryoshka (EMBED_ALLOW_NON_MATRYOSHKA=1) to truncate anyway."
             )
@@ -53,7 +56,8 @@ def plan_truncation(spec: ModelSpec, dim: int | None, allow_non_matryoshka: bool
             verified=False,
             warnings=(
                 f"{spec.name} is not a Matryoshka model: truncating to {dim} of {native} dims "
-                "was allowed by --allow-non-matryoshka; search quality at this dim is unverified.",
+                "was allowed by --allow-non-matryoshka; search quality at this dim is unverified."
+                + cost,
             ),
         )
     if spec.matryoshka == "unknown":
@@ -64,7 +68,7 @@ def plan_truncation(spec: ModelSpec, dim: int | None, allow_non_matryoshka: bool
             warnings=(
                 f"nobody has confirmed that {spec.name} was trained for Matryoshka truncation: "
                 f"truncating to {dim} of {native} dims may degrade search quality "
-                "(manifest: truncation_verified false).",
+                "(manifest: truncation_verified false)." + cost,
             ),
         )
     if dim not in spec.matryoshka_dims:
@@ -75,7 +79,8 @@ def plan_truncation(spec: ModelSpec, dim: int | None, allow_non_matryoshka: bool
             verified=False,
             warnings=(
                 f"{spec.name} was trained for truncation to {trained} dims, not {dim}: "
-                "quality between trained dims is unverified; prefer one of the trained dims.",
+                "quality between trained dims is unverified; prefer one of the trained dims."
+                + cost,
             ),
         )
     return TruncationPlan(dim=dim, truncated=True, verified=True)

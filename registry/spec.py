@@ -42,6 +42,21 @@ class ModelSpec:
     local_package: str = ""
     path: str = ""
     notes: str = ""
+    retention: dict[str, dict[str, float]] = field(default_factory=dict)
+    retention_set: str = ""
+
+    def retention_note(self, dim: int) -> str:
+        """What measurement says truncation to `dim` costs, or "" when nothing was measured."""
+        if not self.retention:
+            return ""
+        measured = sorted(int(d) for d in self.retention)
+        nearest = min(measured, key=lambda d: (abs(d - dim), d))
+        kept = self.retention[str(nearest)]
+        at = f"at {nearest} dims" if nearest == dim else f"at {nearest} dims (nearest measured)"
+        return (
+            f"{self.name} {at} kept {kept['recall@10']:.2f} of recall@10 and "
+            f"{kept['ndcg@10']:.2f} of nDCG@10 on {self.retention_set}"
+        )
 
     def document_prompt_label(self) -> str:
         """How the document prompt is named in logs and the manifest."""
@@ -81,6 +96,7 @@ def spec_from_entry(name: str, entry: dict[str, Any], origin: str) -> ModelSpec:
     values.setdefault("hf_id", values.get("path", ""))
     values["matryoshka_dims"] = tuple(sorted(int(d) for d in values.get("matryoshka_dims", ())))
     values.setdefault("encode_kwargs", {})
+    values.setdefault("retention", {})
     try:
         spec = ModelSpec(name=name, **values)
     except TypeError as err:
@@ -109,6 +125,11 @@ def check_spec(spec: ModelSpec, origin: str) -> None:
         raise RegistryError(f"{where}: matryoshka = 'none' but matryoshka_dims are listed")
     if spec.backend not in BACKENDS:
         raise RegistryError(f"{where}: backend must be one of {BACKENDS}, got {spec.backend!r}")
+    bad_retention = [
+        d for d in spec.retention if not d.isdigit() or not 0 < int(d) <= spec.native_dim
+    ]
+    if bad_retention:
+        raise RegistryError(f"{where}: retention dims {bad_retention} are not in 1..native_dim")
     if spec.document_prompt and spec.document_prompt_name:
         raise RegistryError(f"{where}: give document_prompt or document_prompt_name, not both")
 

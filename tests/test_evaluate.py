@@ -1,0 +1,105 @@
+"""jobs.evaluate: retrieval quality per dim, with the real model and the built-in set."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jobs.evalsets import code_search_set
+from jobs.evaluate import rank, recommend, score
+from registry import Registry, plan_truncation
+from tests.conftest import REPO, job_env, write_jsonl
+
+
+def test_metrics_on_a_hand_checked_ranking():
+    doc_ids = ["a", "b", "c"]
+    docs = np.eye(3, dtype=np.float32)
+    queries = np.array([[1, 0.5, 0], [0.2, 0.1, 1]], dtype=np.float32)
+    ranked = rank(queries, docs, k=3)
+    assert ranked.tolist() == [[0, 1, 2], [2, 0, 1]]
+    result = score(ranked, doc_ids, [{"relevant": ["b"]}, {"relevant": ["c"]}])
+    assert result["recall@10"] == 1.0
+    assert result["mrr@10"] == pytest.approx((1 / 2 + 1) / 2)
+    assert result["ndcg@10"] == pytest.approx((1 / np.log2(3) + 1) / 2)
+
+
+def test_recommend_picks_the_smallest_dim_that_keeps_enough():
+    per_dim = {
+        384: {"ndcg@10 retention": 1.0},
+        192: {"ndcg@10 retention": 0.98},
+        96: {"ndcg@10 retention": 0.90},
+    }
+    assert recommend(per_dim, 0.97) == 192
+    assert recommend(per_dim, 0.99) == 384
+
+
+def test_the_built_in_set_hides_the_query_from_its_document():
+    corpus, queries = code_search_set(200)
+    assert len(corpus) == len(queries) == 200
+    for document, query in zip(corpus, queries):
+        assert query["relevant"] == [document["id"]]
+        assert query["query"] not in " ".join(document["text"].split())
+
+
+def test_evaluate_writes_json_markdown_and_a_plot(tmp_path):
+    out = tmp_path / "report"
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.evaluate", "all-miniLM-l6", "--limit", "150",
+         "--out", str(out)],
+        cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["dims"]) == {"384", "192", "96", "48"}
+    for scores in report["dims"].values():
+        for metric in ("recall@10", "ndcg@10", "mrr@10"):
+            assert 0 <= scores[metric] <= 1 and f"{metric} retention" in scores
+    assert report["dims"]["384"]["ndcg@10 retention"] == 1.0
+    assert report["dims"]["48"]["ndcg@10"] < report["dims"]["384"]["ndcg@10"]
+    kept = [int(d) for d, s in report["dims"].items() if s["ndcg@10 retention"] >= 0.97]
+    assert report["recommended_dim"] == min(kept)
+    assert "Recommended dim" in (out / "report.md").read_text()
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_on_a_users_own_labelled_set(tmp_path):
+    write_jsonl(
+        tmp_path / "corpus" / "faq" / "a.jsonl",
+        [
+            {"id": "pw", "text": "To reset your password, open settings and choose reset."},
+            {"id": "bill", "text": "Invoices are sent on the first day of each month."},
+            {"id": "gpu", "text": "The job starts one model replica on every GPU it finds."},
+        ],
+    )
+    write_jsonl(
+        tmp_path / "queries.jsonl",
+        [
+            {"query": "how do I change my password", "relevant": ["pw"]},
+            {"query": "when do invoices arrive", "relevant": ["bill"]},
+        ],
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.evaluate", "all-miniLM-l6", "--corpus",
+         str(tmp_path / "corpus"), "--queries", str(tmp_path / "queries.jsonl"),
+         "--dims", "384,128", "--out", str(tmp_path / "out")],
+        cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["documents"] == 3 and report["queries"] == 2
+    assert report["dims"]["384"]["mrr@10"] == 1.0  # both answers ranked first
+
+
+def test_measured_retention_is_recorded_and_quoted_by_the_truncation_warning():
+    spec = Registry.load().get("all-miniLM-l6")
+    assert {"256", "128", "64", "32"} <= set(spec.retention)
+    assert spec.retention["128"]["recall@10"] < 1.0
+    plan = plan_truncation(spec, 128, allow_non_matryoshka=True)
+    assert "all-miniLM-l6 at 128 dims kept 0.95 of recall@10" in plan.warnings[0]
+    assert "code-search set" in plan.warnings[0]
+    nearest = plan_truncation(spec, 100, allow_non_matryoshka=True)
+    assert "at 96 dims (nearest measured)" in nearest.warnings[0]
