@@ -154,7 +154,9 @@ def is_block_done(
     return True
 
 
-def reusable_vectors(files: list[CommittedFile], fingerprint: str, storage_options=None):
+def reusable_vectors(
+    files: list[CommittedFile], fingerprint: str, column: str, storage_options=None
+):
     """A table (key, embedding) of the vectors in a block's earlier files that this
     fingerprint made; None when there are none."""
     tables = []
@@ -167,7 +169,7 @@ def reusable_vectors(files: list[CommittedFile], fingerprint: str, storage_optio
                 if meta.get(META_FINGERPRINT) != fingerprint.encode():
                     continue
                 keys = json.loads(meta[META_KEYS])
-                embeddings = parquet.read(columns=["embedding"]).column("embedding")
+                embeddings = parquet.read(columns=[column]).column(column)
         except (OSError, KeyError, ValueError, pa.ArrowException):
             continue  # unreadable or foreign: its rows are simply embedded again
         tables.append(pa.table({"key": keys, "embedding": embeddings.combine_chunks()}))

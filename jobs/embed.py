@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 
 from embedder import ReplicaSpec
-from jobs import commit, corpus, duplicates, manifest, storage
+from embedder.outputs import CALIBRATED
+from jobs import calibration, commit, corpus, duplicates, manifest, storage
 from jobs.pipeline import PipelineSpec, run_pipeline, work_items
 from jobs.placement import PlacementError, ReplicaPlan, plan_replicas
 from jobs.settings import EmbedSettings, SettingsError, load_settings
@@ -50,7 +51,9 @@ class Job:
 
     settings: EmbedSettings
     spec: ModelSpec
-    truncation: TruncationPlan
+    truncation: TruncationPlan  # for the widest dim
+    dims: list[int]  # widest first
+    plans: list[TruncationPlan]
     shards: list[corpus.Shard]
     input: str
     output: str
@@ -66,23 +69,47 @@ def prepare_job(settings: EmbedSettings) -> Job:
     """Every check that can refuse the run, before Ray starts or anything is written."""
     registry = Registry.load(settings.registry_file)
     spec = registry.get(settings.model)
-    truncation = plan_truncation(spec, settings.dim, settings.allow_non_matryoshka)
+    dims = output_dims(spec, settings)
+    plans = [plan_truncation(spec, dim, settings.allow_non_matryoshka) for dim in dims]
     check_remote_code(spec, settings.trust_remote_code, settings.revision or spec.revision)
-    for warning in truncation.warnings:
+    for warning in (w for p in plans for w in p.warnings):
         log.warning("%s", warning)
     input_uri, output_uri = absolute_uri(settings.input), absolute_uri(settings.output)
     shards = corpus.plan_shards(input_uri, settings.storage_options)
-    fingerprint = run_fingerprint(spec, truncation, settings)
+    fingerprint = run_fingerprint(spec, dims, settings)
     prepare_output(output_uri, settings, fingerprint)
-    return Job(settings, spec, truncation, shards, input_uri, output_uri, fingerprint)
+    return Job(settings, spec, plans[0], dims, plans, shards, input_uri, output_uri, fingerprint)
 
 
-def run_fingerprint(spec: ModelSpec, truncation: TruncationPlan, settings: EmbedSettings) -> dict:
+def output_dims(spec: ModelSpec, settings: EmbedSettings) -> list[int]:
+    """The dims to write, widest first: DIM, or --dims, or the native dim."""
+    if settings.dims and settings.dim:
+        raise SettingsError("give DIM or --dims (EMBED_DIMS), not both")
+    if settings.dims:
+        try:
+            dims = sorted({int(d) for d in settings.dims.split(",") if d.strip()}, reverse=True)
+        except ValueError:
+            raise SettingsError(f"--dims must be comma-separated integers, got {settings.dims!r}")
+        if not dims or min(dims) < 1:
+            raise SettingsError(f"--dims must be positive integers, got {settings.dims!r}")
+    else:
+        dims = [settings.dim or spec.native_dim]
+    if settings.precision in ("binary", "ubinary") and any(d % 8 for d in dims):
+        raise SettingsError(
+            f"--precision {settings.precision} packs 8 dims per byte: every dim must be a "
+            f"multiple of 8, got {dims}"
+        )
+    return dims
+
+
+def run_fingerprint(spec: ModelSpec, dims: list[int], settings: EmbedSettings) -> dict:
     """Everything that changes a vector or where it is written: a rerun must match it."""
     return {
         "hf_id": spec.hf_id,
         "revision": settings.revision or spec.revision,
-        "dim": truncation.dim,
+        "dim": dims[0],
+        "dims": dims,
+        "precision": settings.precision,
         "prompt": spec.document_prompt_label(),
         "encode_kwargs": spec.encode_kwargs,
         "normalized": True,
@@ -178,6 +205,13 @@ def run_job(job: Job) -> tuple[dict, int]:
         excluded = duplicates.scan_corpus(
             job.shards, columns, settings.block_rows, settings.storage_options
         )
+        replica_spec = replica_spec_for(job, plan)
+        calibrated = None
+        if settings.precision in CALIBRATED:
+            calibrated = calibration.load_or_calibrate(
+                job.output, job.shards, columns, settings.calibration_rows, job.dims,
+                replica_spec, plan, settings.storage_options,
+            )  # fmt: skip
         committed = commit.index_committed(job.output, settings.storage_options)
         t_scan = time.perf_counter()
         pipeline_spec = PipelineSpec(
@@ -187,10 +221,12 @@ def run_job(job: Job) -> tuple[dict, int]:
             drop_text=settings.drop_text,
             storage_options=settings.storage_options,
             fingerprint=commit.fingerprint_id(job.fingerprint),
-            dim=job.truncation.dim,
+            dims=tuple(job.dims),
+            precision=settings.precision,
+            ranges=calibrated["ranges"] if calibrated else None,
         )
         items = work_items(job.shards, committed, excluded)
-        counts, replicas = run_pipeline(items, pipeline_spec, replica_spec_for(job, plan), plan)
+        counts, replicas = run_pipeline(items, pipeline_spec, replica_spec, plan)
         t_done = time.perf_counter()
     finally:
         if started_here:
@@ -201,6 +237,8 @@ def run_job(job: Job) -> tuple[dict, int]:
     record = manifest.build_manifest(
         spec=job.spec,
         truncation=job.truncation,
+        plans=job.plans,
+        calibration=calibrated,
         settings_public=settings.public_dict(),
         replicas=replicas,
         collections=collections,

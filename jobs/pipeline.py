@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from embedder import Replica, ReplicaSpec
+from embedder.outputs import output_vectors, vector_column
 from jobs import commit, corpus, storage
 from jobs.ipc import pack, unpack
 from jobs.placement import ReplicaPlan
@@ -53,7 +54,14 @@ class PipelineSpec:
     drop_text: bool
     storage_options: dict[str, Any]
     fingerprint: str
-    dim: int
+    dims: tuple[int, ...]  # widest first
+    precision: str = "float32"
+    ranges: dict[str, Any] | None = None  # int8/uint8 calibration, per dim
+
+    @property
+    def reuse_column(self) -> str:
+        """The widest vector column: every other column is derived from it."""
+        return vector_column(self.dims[0], len(self.dims) > 1)
 
 
 def envelope(label: str, digest: str, rows: int, **fields: Any) -> dict[str, Any]:
@@ -128,21 +136,22 @@ def output_relpath(collection: str, label: str) -> str:
     return f"collection={collection}/part-{label}.parquet"
 
 
-def embedding_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
-    """The declared output type: fixed_size_list<float32>[DIM], not Ray's tensor extension."""
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
-    return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+def embedding_column(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    """The declared output type: fixed_size_list<float32>[DIM] (int8/uint8 for quantized
+    columns), not Ray's tensor extension type."""
+    flat = pa.array(np.ascontiguousarray(matrix).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1])
 
 
 class EmbedBatches:
     """Ray actor: holds one Replica for its lifetime and embeds the blocks it is given."""
 
-    def __init__(self, replica_spec: ReplicaSpec, drop_text: bool, stats_actor, on_gpus: bool):
+    def __init__(self, replica_spec: ReplicaSpec, spec: PipelineSpec, stats_actor, on_gpus: bool):
         import ray
 
         self.replica = Replica(replica_spec, gpus_assigned=on_gpus)
         self.dim = replica_spec.dim
-        self.drop_text = drop_text
+        self.spec = spec
         self.stats_actor = stats_actor
         self.replica_id = ray.get_runtime_context().get_actor_id()
         self.started = time.time()
@@ -167,9 +176,13 @@ class EmbedBatches:
         for i, key in enumerate(keys):
             if key in reuse:
                 vectors[i] = reuse[key]
-        table = table.append_column("embedding", embedding_column(vectors))
+        columns = output_vectors(
+            vectors, list(self.spec.dims), self.spec.precision, self.spec.ranges
+        )
+        for name, matrix in columns.items():
+            table = table.append_column(name, embedding_column(matrix))
         table = table.append_column(KEY_COLUMN, pa.array(keys, pa.string()))
-        if self.drop_text:
+        if self.spec.drop_text:
             table = table.drop_columns(["text"])
         embedded = len(todo)
         return item | {
@@ -280,7 +293,7 @@ def run_pipeline(
         num_cpus=plan.cpus_per_replica,
         fn_constructor_kwargs={
             "replica_spec": replica_spec,
-            "drop_text": spec.drop_text,
+            "spec": spec,
             "stats_actor": stats,
             "on_gpus": plan.on_gpus,
         },

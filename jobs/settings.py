@@ -34,6 +34,15 @@ class EmbedSettings(BaseSettings):
     output: str = Field(description="output folder: local path or any fsspec URI")
     model: str = Field(description="registry name of the model")
     dim: int | None = Field(None, ge=1, description="Matryoshka dim; omitted = native dim")
+    dims: str | None = Field(
+        None, description="several dims from one pass, e.g. 1024,256: embedding_<dim> columns"
+    )
+    precision: Literal["float32", "int8", "uint8", "binary", "ubinary"] = Field(
+        "float32", description="also write quantized columns (<column>_<precision>)"
+    )
+    calibration_rows: int = Field(
+        1000, ge=1, description="rows sampled once per run to calibrate int8/uint8 ranges"
+    )
     text_column: str = Field("text", description="input column holding the text")
     id_column: str = Field("id", description="input column holding the id")
     drop_text: bool = Field(False, description="leave the text column out of the output")

@@ -1,0 +1,65 @@
+"""From one full-width vector per text to every output column: several Matryoshka widths
+(each re-normalized) and their quantized forms, all from one forward pass.
+
+Quantization always comes after truncation and re-normalization. int8/uint8 use ranges
+calibrated once per run (per width) and passed in, so every batch and every replica of one
+corpus shares one scale; sentence-transformers on its own would take the ranges from each batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from embedder.vectors import truncate_and_normalize
+
+PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
+CALIBRATED = ("int8", "uint8")
+
+
+def vector_column(dim: int, several: bool) -> str:
+    """`embedding` for a single width, `embedding_<dim>` when several are written."""
+    return f"embedding_{dim}" if several else "embedding"
+
+
+def quantized_column(dim: int, several: bool, precision: str) -> str:
+    return f"{vector_column(dim, several)}_{precision}"
+
+
+def quantize(vectors: np.ndarray, precision: str, ranges: np.ndarray | None) -> np.ndarray:
+    """sentence-transformers' own quantization, with fixed ranges for int8/uint8."""
+    try:
+        from sentence_transformers.util.quantization import quantize_embeddings
+    except ImportError:  # sentence-transformers before 5.x
+        from sentence_transformers.quantization import quantize_embeddings
+
+    if precision in CALIBRATED and ranges is None:
+        raise ValueError(f"{precision} needs calibrated ranges; none were given")
+    return quantize_embeddings(vectors, precision=precision, ranges=ranges)
+
+
+def calibration_ranges(vectors: np.ndarray, dims: list[int]) -> dict[str, list[list[float]]]:
+    """Per width: per-component [minimums, maximums] of the re-normalized sample vectors."""
+    ranges = {}
+    for dim in dims:
+        truncated = truncate_and_normalize(vectors, dim)
+        ranges[str(dim)] = [truncated.min(axis=0).tolist(), truncated.max(axis=0).tolist()]
+    return ranges
+
+
+def output_vectors(
+    full: np.ndarray, dims: list[int], precision: str, ranges: dict[str, Any] | None
+) -> dict[str, np.ndarray]:
+    """Column name -> matrix for every width and, unless float32, its quantized form."""
+    several = len(dims) > 1
+    columns: dict[str, np.ndarray] = {}
+    for dim in dims:
+        vectors = truncate_and_normalize(full, dim)
+        columns[vector_column(dim, several)] = vectors
+        if precision != "float32":
+            dim_ranges = np.asarray(ranges[str(dim)]) if precision in CALIBRATED else None
+            columns[quantized_column(dim, several, precision)] = quantize(
+                vectors, precision, dim_ranges
+            )
+    return columns
