@@ -49,17 +49,18 @@ def test_evaluate_writes_json_markdown_and_a_plot(tmp_path):
     out = tmp_path / "report"
     result = subprocess.run(
         [sys.executable, "-m", "jobs.evaluate", "all-miniLM-l6", "--limit", "150",
-         "--out", str(out)],
+         "--dims", "384,256,128,64", "--out", str(out)],
         cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
-    assert set(report["dims"]) == {"384", "192", "96", "48"}
+    assert set(report["dims"]) == {"384", "256", "128", "64"}
+    assert "| 128 |" in result.stdout and "Recommended dim" in result.stdout
     for scores in report["dims"].values():
         for metric in ("recall@10", "ndcg@10", "mrr@10"):
             assert 0 <= scores[metric] <= 1 and f"{metric} retention" in scores
     assert report["dims"]["384"]["ndcg@10 retention"] == 1.0
-    assert report["dims"]["48"]["ndcg@10"] < report["dims"]["384"]["ndcg@10"]
+    assert report["dims"]["64"]["ndcg@10"] < report["dims"]["384"]["ndcg@10"]
     kept = [int(d) for d, s in report["dims"].items() if s["ndcg@10 retention"] >= 0.97]
     assert report["recommended_dim"] == min(kept)
     assert "Recommended dim" in (out / "report.md").read_text()
@@ -103,3 +104,47 @@ def test_measured_retention_is_recorded_and_quoted_by_the_truncation_warning():
     assert "code-search set" in plan.warnings[0]
     nearest = plan_truncation(spec, 100, allow_non_matryoshka=True)
     assert "at 96 dims (nearest measured)" in nearest.warnings[0]
+
+
+def test_metrics_for_perfect_reversed_and_one_miss_rankings():
+    doc_ids = [f"d{i}" for i in range(12)]
+    queries = [{"relevant": ["d0", "d1"]}]
+    perfect = np.array([[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]])
+    assert score(perfect, doc_ids, queries) == {"recall@10": 1.0, "ndcg@10": 1.0, "mrr@10": 1.0}
+    # Reversed: the two right answers come last of the ten.
+    reversed_ = np.array([[9, 8, 7, 6, 5, 4, 3, 2, 1, 0]])
+    result = score(reversed_, doc_ids, queries)
+    ideal = 1 + 1 / np.log2(3)
+    assert result["recall@10"] == 1.0
+    assert result["mrr@10"] == pytest.approx(1 / 9)
+    assert result["ndcg@10"] == pytest.approx((1 / np.log2(10) + 1 / np.log2(11)) / ideal)
+    # One miss: d1 is outside the top ten.
+    one_miss = np.array([[0, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
+    result = score(one_miss, doc_ids, queries)
+    assert result["recall@10"] == 0.5
+    assert result["mrr@10"] == 1.0
+    assert result["ndcg@10"] == pytest.approx(1 / ideal)
+
+
+def test_recall_recomputed_with_numpy_matches_the_tool(model_path):
+    from embedder import Replica, ReplicaSpec
+    from embedder.vectors import truncate_and_normalize
+    from jobs.evaluate import evaluate
+
+    spec = Registry.load().get("all-miniLM-l6")
+    replica = Replica(
+        ReplicaSpec(model_name=spec.name, source=model_path, source_is_local=True, dim=384,
+                    device="cpu")
+    )  # fmt: skip
+    documents, queries = code_search_set(120)
+    result = evaluate(replica, spec, documents, queries, [384, 96])
+    # Independently: same model, plain numpy, full sort instead of argpartition.
+    docs = truncate_and_normalize(replica.embed([d["text"] for d in documents]), 96)
+    asked = truncate_and_normalize(replica.embed([q["query"] for q in queries]), 96)
+    top10 = np.argsort(-(asked @ docs.T), axis=1)[:, :10]
+    ids = np.array([d["id"] for d in documents])
+    hits = [q["relevant"][0] in set(ids[row]) for q, row in zip(queries, top10)]
+    assert result["dims"][96]["recall@10"] == pytest.approx(np.mean(hits), abs=1e-9)
+    assert result["dims"][96]["recall@10 retention"] == pytest.approx(
+        np.mean(hits) / result["dims"][384]["recall@10"]
+    )

@@ -23,7 +23,12 @@ def test_a_folder_without_hints_becomes_an_unknown_entry_that_loads(model_path, 
     registry_file = tmp_path / "models.toml"
     registry_file.write_text(result.stdout)
     spec = Registry.load(registry_file).get("mine")
-    assert (spec.native_dim, spec.matryoshka, spec.max_tokens) == (384, "unknown", 256)
+    curated = Registry.load().get("all-miniLM-l6")
+    assert (spec.native_dim, spec.max_tokens) == (curated.native_dim, curated.max_tokens)
+    assert spec.matryoshka_dims == curated.matryoshka_dims == ()
+    assert spec.document_prompt_label() == curated.document_prompt_label() == ""
+    assert spec.query_prompt_name == curated.query_prompt_name == ""
+    assert spec.matryoshka == "unknown"  # no hints: the curated registry decides
     assert spec.model_source() == (str(model_path), True)
     assert spec.pooling == "mean, normalized"
 
@@ -54,3 +59,20 @@ def test_matryoshka_hints_and_prompts_are_read(tmp_path):
 def test_a_hub_id_is_not_fetched():
     result = inspect("org/not-a-local-folder")
     assert result.returncode == 2 and "download the model first" in result.stderr
+
+
+def test_a_trainer_card_with_matryoshka_loss_and_dims_is_proposed_as_confirmed(tmp_path):
+    folder = tmp_path / "trained"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"hidden_size": 1024}))
+    (folder / "README.md").write_text(
+        "---\ntags:\n- sentence-transformers\n- loss:MatryoshkaLoss\n---\n"
+        'Trained with MatryoshkaLoss:\n```json\n{"matryoshka_dims": [1024, 512, 256, 64]}\n```\n'
+    )
+    result = inspect(folder)
+    assert result.returncode == 0, result.stderr
+    registry_file = tmp_path / "models.toml"
+    registry_file.write_text(result.stdout)
+    spec = Registry.load(registry_file).get("mine")
+    assert spec.matryoshka == "confirmed"
+    assert spec.matryoshka_dims == (64, 256, 512, 1024)
