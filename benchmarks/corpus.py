@@ -6,32 +6,20 @@ of their own, their docstrings: from one line to far past a small model's 256 to
 
 from __future__ import annotations
 
-import ast
 import json
 import random
-import sysconfig
 from pathlib import Path
 
-from jobs.evalsets import STDLIB_MODULES as MODULES
+from jobs.evalsets import stdlib_definitions
 
 
 def stdlib_chunks() -> list[str]:
-    """Every top-level function/class of MODULES, and each one's docstring, in a fixed order."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+    """Every top-level function/class of the modules, and each one's docstring, in a fixed order."""
     chunks: list[str] = []
-    for name in MODULES:
-        path = root / f"{name}.py"
-        if not path.exists():
-            continue
-        source = path.read_text(encoding="utf-8")
-        lines = source.splitlines()
-        for node in ast.parse(source).body:
-            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                continue
-            chunks.append("\n".join(lines[node.lineno - 1 : node.end_lineno]))
-            docstring = ast.get_docstring(node)
-            if docstring:
-                chunks.append(docstring)
+    for definition in stdlib_definitions(methods=False):
+        chunks.append(definition.source)
+        if definition.docstring:
+            chunks.append(definition.docstring)
     return chunks
 
 

@@ -43,6 +43,28 @@ class ReplicaSpec:
     batch_size: int = 256  # the most texts in one micro-batch, whatever their length
     cpu_threads: int | None = None
 
+    @classmethod
+    def for_model(
+        cls, model, dim: int, *, revision: str = "", trust_remote_code: bool = False, **runtime
+    ) -> ReplicaSpec:
+        """From a registry entry (registry.ModelSpec) plus this run's choices (device, dtype,
+        batch sizes...): where the weights are, the document prompt, the encode arguments."""
+        source, local = model.model_source()
+        return cls(
+            model_name=model.name,
+            source=source,
+            source_is_local=local,
+            dim=dim,
+            revision=revision or model.revision,
+            trust_remote_code=trust_remote_code and model.trust_remote_code,
+            backend=model.backend,
+            document_prompt=model.document_prompt,
+            document_prompt_name=model.document_prompt_name,
+            encode_kwargs=dict(model.encode_kwargs),
+            card_dtype=model.card_dtype,
+            **runtime,
+        )
+
 
 @dataclass
 class ReplicaStats:

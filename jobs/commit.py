@@ -43,12 +43,12 @@ def fingerprint_id(fingerprint: dict[str, Any]) -> str:
 
 
 def claim_output(
-    output_uri: str, fingerprint: dict[str, Any], storage_options=None
+    output_uri: str, fingerprint: dict[str, Any], storage_options=None, write: bool = True
 ) -> dict[str, Any] | None:
     """Record this run's fingerprint in OUTPUT, or check it against the one there.
 
     Returns the stored fingerprint when resuming, None for a fresh OUTPUT. Raises
-    FingerprintMismatch naming each difference.
+    FingerprintMismatch naming each difference. With write=False (a dry run) only checks.
     """
     uri = storage.join(output_uri, FINGERPRINT_NAME)
     fs, path = storage.open_fs(uri, storage_options)
@@ -72,7 +72,8 @@ def claim_output(
             f"OUTPUT {output_uri!r} holds files that this job did not write (no "
             f"{FINGERPRINT_NAME}). Use an empty OUTPUT, or --overwrite to clear it."
         )
-    storage.write_json_atomic(uri, fingerprint, storage_options)
+    if write:
+        storage.write_json_atomic(uri, fingerprint, storage_options)
     return None
 
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from embedder import ReplicaSpec
 from embedder.outputs import CALIBRATED
-from jobs import calibration, commit, corpus, duplicates, manifest, storage
+from jobs import calibration, commit, corpus, dry_run, duplicates, manifest, storage, summary
 from jobs.pipeline import PipelineSpec, run_pipeline, work_items
 from jobs.placement import PlacementError, ReplicaPlan, plan_replicas
-from jobs.settings import EmbedSettings, SettingsError, load_settings
+from jobs.settings import EmbedSettings, SettingsError, describe_config, load_settings
 from registry import (
     ModelSpec,
     PolicyError,
@@ -123,7 +123,17 @@ def run_fingerprint(spec: ModelSpec, dims: list[int], settings: EmbedSettings) -
 
 
 def prepare_output(output_uri: str, settings: EmbedSettings, fingerprint: dict) -> bool:
-    """Clear OUTPUT if asked, then claim it for this fingerprint; True when resuming."""
+    """Clear OUTPUT if asked, then claim it for this fingerprint; True when resuming.
+
+    A dry run changes nothing: it only checks that the fingerprint would be accepted.
+    """
+    if settings.dry_run:
+        if settings.overwrite:
+            return False  # the real run would clear OUTPUT first
+        return (
+            commit.claim_output(output_uri, fingerprint, settings.storage_options, False)
+            is not None
+        )
     if settings.overwrite and storage.folder_has_files(output_uri, settings.storage_options):
         log.warning("--overwrite: clearing %s", settings.output)
         storage.clear_folder(output_uri, settings.storage_options)
@@ -134,25 +144,17 @@ def prepare_output(output_uri: str, settings: EmbedSettings, fingerprint: dict) 
 
 
 def replica_spec_for(job: Job, plan: ReplicaPlan) -> ReplicaSpec:
-    spec, settings = job.spec, job.settings
-    source, local = spec.model_source()
-    return ReplicaSpec(
-        model_name=spec.name,
-        source=source,
-        source_is_local=local,
-        dim=job.truncation.dim,
-        revision=settings.revision or spec.revision,
-        trust_remote_code=settings.trust_remote_code and spec.trust_remote_code,
-        backend=spec.backend,
-        document_prompt=spec.document_prompt,
-        document_prompt_name=spec.document_prompt_name,
-        encode_kwargs=dict(spec.encode_kwargs),
+    settings = job.settings
+    return ReplicaSpec.for_model(
+        job.spec,
+        job.truncation.dim,
+        revision=settings.revision,
+        trust_remote_code=settings.trust_remote_code,
         max_tokens=settings.max_tokens,
         device=settings.device,
         dtype=settings.dtype,
         batch_size=settings.batch_size,
         max_batch_tokens=settings.max_batch_tokens,
-        card_dtype=spec.card_dtype,
         cpu_threads=plan.torch_threads,
     )
 
@@ -178,6 +180,18 @@ def cluster_resources() -> tuple[float, float]:
     return resources.get("CPU", 0.0), resources.get("GPU", 0.0)
 
 
+def accelerator_types() -> str:
+    """The GPU kinds Ray found, e.g. "T4 x2"."""
+    import ray
+
+    found = {
+        key.split(":", 1)[1]: count
+        for key, count in ray.cluster_resources().items()
+        if key.startswith("accelerator_type:")
+    }
+    return ", ".join(f"{kind} x{count:g}" for kind, count in found.items())
+
+
 def run_job(job: Job) -> tuple[dict, int]:
     """Run the pipeline and write the manifest; returns it with the exit code."""
     import ray
@@ -191,10 +205,12 @@ def run_job(job: Job) -> tuple[dict, int]:
         plan = plan_replicas(
             cpus, gpus, settings.replicas, settings.gpus_per_replica, settings.cpus_per_replica
         )
+        accelerators = accelerator_types()
         log.info(
-            "cluster: %g CPU, %g GPU -> %d replica(s), %g GPU and %d CPU each; %d input file(s)",
+            "cluster: %g CPU, %g GPU%s -> %d replica(s), %g GPU and %d CPU each; %d input file(s)",
             cpus,
             gpus,
+            f" ({accelerators})" if accelerators else "",
             plan.replicas,
             plan.gpus_per_replica,
             plan.cpus_per_replica,
@@ -289,39 +305,26 @@ def exit_code_for(record: dict, max_rejected_fraction: float) -> int:
     return EXIT_OK
 
 
-def print_summary(record: dict, output: str) -> None:
-    print(
-        f"\nEmbedded {record['rows_embedded']} rows with {record['model']} "
-        f"at dim {record['dim']} ({record['dtype']}, {record['replicas']} replica(s)); "
-        f"skipped {record['rows_skipped']} already done; rejected {record['rows_rejected']}; "
-        f"{record['rows_in_output']} rows in OUTPUT."
-    )
-    for name, entry in sorted(record["collections"].items()):
-        print(
-            f"  collection={name}: {entry['rows']} rows, {entry['files']} file(s), "
-            f"{entry['bytes'] / 1e6:.2f} MB"
-        )
-    timings = record["timings"]
-    print(
-        f"  wall {timings['wall_seconds']:.1f}s (Ray start {timings['ray_start_seconds']:.1f}s), "
-        f"{record['rows_per_second']:.1f} rows/s, {record['tokens_per_second']:.0f} tokens/s"
-    )
-    print(f"Output: {output}  (manifest: {storage.join(output, storage.MANIFEST_NAME)})")
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        job = prepare_job(load_settings(argv))
+        resolved = load_settings(argv)
+        if resolved.print_config:
+            print(describe_config(resolved))
+            return EXIT_OK
+        job = prepare_job(resolved.settings)
     except REFUSALS as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_REFUSED
+    if job.settings.dry_run:
+        print(dry_run.describe(dry_run.plan(job, replica_spec_for(job, plan_replicas(2, 0)))))
+        return EXIT_OK
     try:
         record, code = run_job(job)
     except PlacementError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_REFUSED
-    print_summary(record, job.output)
+    print(summary.render(record, storage.join(job.output, storage.MANIFEST_NAME)))
     return code
 
 

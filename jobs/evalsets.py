@@ -36,8 +36,11 @@ class Definition:
     docstring: str | None
 
 
-def stdlib_definitions(modules: tuple[str, ...] = STDLIB_MODULES) -> list[Definition]:
-    """Top-level functions and classes and the methods of classes, in a fixed order."""
+def stdlib_definitions(
+    modules: tuple[str, ...] = STDLIB_MODULES, methods: bool = True
+) -> list[Definition]:
+    """Top-level functions and classes (and, with methods, the methods of classes), in a
+    fixed order."""
     root = Path(sysconfig.get_paths()["stdlib"])
     found: list[Definition] = []
     for module in modules:
@@ -48,7 +51,7 @@ def stdlib_definitions(modules: tuple[str, ...] = STDLIB_MODULES) -> list[Defini
         lines = source.splitlines()
         for node in ast.parse(source).body:
             nodes = [node]
-            if isinstance(node, ast.ClassDef):
+            if methods and isinstance(node, ast.ClassDef):
                 nodes += [n for n in node.body if isinstance(n, ast.FunctionDef)]
             for item in nodes:
                 if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):

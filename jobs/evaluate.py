@@ -191,20 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         documents, queries = evalsets.code_search_set(args.limit)
         set_name = "built-in stdlib code search"
-    source, local = spec.model_source()
     replica = Replica(
-        ReplicaSpec(
-            model_name=spec.name,
-            source=source,
-            source_is_local=local,
-            dim=spec.native_dim,
-            revision=args.revision or spec.revision,
-            backend=spec.backend,
-            trust_remote_code=args.trust_remote_code and spec.trust_remote_code,
-            document_prompt=spec.document_prompt,
-            document_prompt_name=spec.document_prompt_name,
-            encode_kwargs=dict(spec.encode_kwargs),
-            card_dtype=spec.card_dtype,
+        ReplicaSpec.for_model(
+            spec,
+            spec.native_dim,
+            revision=args.revision,
+            trust_remote_code=args.trust_remote_code,
             device=args.device,
             dtype=args.dtype,
         )

@@ -156,6 +156,14 @@ class EmbedBatches:
         self.replica_id = ray.get_runtime_context().get_actor_id()
         self.started = time.time()
         self.info = self.replica.describe() | {"gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+        info = self.info
+        where = f"{info['gpu_name']} (compute capability {info['compute_capability']})"
+        # print, not logging: Ray forwards a replica's stdout to the driver's.
+        print(
+            f"replica {self.replica_id[:8]} on {where if info['gpu_name'] else 'cpu'} in "
+            f"{info['dtype']}, CUDA_VISIBLE_DEVICES={info['cuda_visible_devices'] or '-'}",
+            flush=True,
+        )
         self.report()
 
     def __call__(self, batch: pa.Table) -> pa.Table:

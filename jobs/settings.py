@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
 from pydantic import Field, ValidationError, field_validator
@@ -79,7 +81,10 @@ class EmbedSettings(BaseSettings):
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec storage options as JSON (credentials masked)"
     )
-    overwrite: bool = Field(False, description="clear a non-empty OUTPUT before writing")
+    overwrite: bool = Field(False, description="clear OUTPUT first instead of resuming")
+    dry_run: bool = Field(
+        False, description="plan only: files, collections, rows done and to do, time estimate"
+    )
 
     @field_validator("storage_options", mode="before")
     @classmethod
@@ -112,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         argument_default=argparse.SUPPRESS,
     )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="show the resolved settings and where each came from (CLI, env, .env, default)",
+    )
     for name in POSITIONAL:
         field = EmbedSettings.model_fields[name]
         parser.add_argument(name, nargs="?", metavar=name.upper(), help=field.description)
@@ -134,14 +144,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_settings(argv: list[str] | None = None) -> EmbedSettings:
+@dataclass(frozen=True)
+class ResolvedSettings:
+    """The settings, where each value came from, and whether only the config was asked for."""
+
+    settings: EmbedSettings
+    sources: dict[str, str]
+    print_config: bool = False
+
+
+def load_settings(argv: list[str] | None = None) -> ResolvedSettings:
     """Parse the command line and resolve it against EMBED_* variables, .env and defaults."""
     cli_values = vars(build_parser().parse_args(argv))
+    print_config = cli_values.pop("print_config", False)
     try:
         # Init arguments outrank env and .env in pydantic-settings: that is the precedence.
-        return EmbedSettings(**cli_values)
+        settings = EmbedSettings(**cli_values)
     except ValidationError as err:
         raise SettingsError(describe_validation_error(err)) from None
+    return ResolvedSettings(settings, setting_sources(cli_values), print_config)
+
+
+def setting_sources(cli_values: dict[str, Any], dotenv_path: str = ".env") -> dict[str, str]:
+    """Per field: "cli", "env", ".env" or "default", by the same precedence as the values."""
+    from dotenv import dotenv_values
+
+    environment = {k.upper() for k in os.environ}
+    dotenv = (
+        {k.upper() for k in dotenv_values(dotenv_path)} if os.path.exists(dotenv_path) else set()
+    )
+    sources = {}
+    for name in EmbedSettings.model_fields:
+        variable = f"EMBED_{name.upper()}"
+        if name in cli_values:
+            sources[name] = "cli"
+        elif variable in environment:
+            sources[name] = "env"
+        elif variable in dotenv:
+            sources[name] = ".env"
+        else:
+            sources[name] = "default"
+    return sources
+
+
+def describe_config(resolved: ResolvedSettings) -> str:
+    """The --print-config table: each setting, its value (secrets masked) and its source."""
+    values = resolved.settings.public_dict()
+    width = max(len(name) for name in values)
+    lines = [f"{'setting':<{width}}  {'source':<7}  value"]
+    for name, value in values.items():
+        shown = json.dumps(value) if not isinstance(value, str) else value
+        lines.append(f"{name:<{width}}  {resolved.sources[name]:<7}  {shown}")
+    return "\n".join(lines)
 
 
 def describe_validation_error(err: ValidationError) -> str:
