@@ -119,9 +119,11 @@ def plan_block(label: str, body: pa.Table, files, spec: PipelineSpec) -> dict[st
     parts = len(set(body.column("collection").to_pylist()))
     if files and commit.is_block_done(files, spec.fingerprint, digest, parts, spec.storage_options):
         return envelope(label, digest, body.num_rows, skipped=body.num_rows)
-    reuse = (
-        commit.reusable_vectors(files, spec.fingerprint, spec.storage_options) if files else None
-    )
+    reuse = None
+    if files:
+        reuse = commit.reusable_vectors(
+            files, spec.fingerprint, spec.reuse_column, spec.storage_options
+        )
     return envelope(
         label,
         digest,
