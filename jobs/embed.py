@@ -262,7 +262,8 @@ def run_job(job: Job) -> tuple[dict, int]:
         timings={
             "wall_seconds": round(time.perf_counter() - t0, 3),
             "ray_start_seconds": round(t_ray - t0, 3),
-            "duplicate_scan_seconds": round(t_scan - t_ray, 3),
+            # duplicate-id scan, int8 calibration, listing OUTPUT
+            "preparation_seconds": round(t_scan - t_ray, 3),
             "pipeline_seconds": round(t_done - t_scan, 3),
         },
         started_at=started_at,

@@ -8,7 +8,7 @@ from typing import Any
 def render(record: dict[str, Any], manifest_uri: str) -> str:
     timings = record["timings"]
     encoding = max((r["encode_seconds"] for r in record["devices"]), default=0.0)
-    start_up = timings["ray_start_seconds"] + timings.get("duplicate_scan_seconds", 0.0)
+    start_up = timings["ray_start_seconds"] + timings["preparation_seconds"]
     other = max(0.0, timings["wall_seconds"] - start_up - encoding)
     lines = [
         "",
