@@ -33,18 +33,21 @@ def truncate_and_normalize(vectors: np.ndarray, dim: int) -> np.ndarray:
 
 def bad_rows(matrix: np.ndarray) -> np.ndarray:
     """Positions of rows that are NaN/inf or have (near) zero length."""
+    not_finite, zero = row_problems(matrix)
+    return np.union1d(not_finite, zero)
+
+
+def row_problems(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows with NaN/inf, finite rows of (near) zero length)."""
     finite = np.isfinite(matrix).all(axis=1)
     with np.errstate(invalid="ignore", over="ignore"):
         norms = np.linalg.norm(matrix.astype(np.float64), axis=1)
-    return np.flatnonzero(~finite | (norms < MIN_NORM))
+    return np.flatnonzero(~finite), np.flatnonzero(finite & (norms < MIN_NORM))
 
 
 def check_finite_nonzero(matrix: np.ndarray) -> None:
     """Raise EmbeddingError naming the rows that are NaN/inf or have (near) zero length."""
-    not_finite = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
-    with np.errstate(invalid="ignore"):
-        norms = np.linalg.norm(matrix, axis=1)
-    zero = np.flatnonzero(np.isfinite(norms) & (norms < MIN_NORM))
+    not_finite, zero = row_problems(matrix)
     problems = []
     if not_finite.size:
         problems.append(f"{not_finite.size} row(s) with NaN/inf (first: row {not_finite[0]})")

@@ -138,6 +138,16 @@ def read_footer(path: str, storage_options=None) -> dict[bytes, bytes]:
         return {}  # unreadable: treated as not committed, and redone
 
 
+def block_status(
+    body: pa.Table, files: list[CommittedFile], fingerprint: str, storage_options=None
+) -> tuple[str, bool]:
+    """The block's content digest, and whether OUTPUT already holds it done."""
+    digest = block_digest(body)
+    parts = len(set(body.column("collection").to_pylist()))
+    done = bool(files) and is_block_done(files, fingerprint, digest, parts, storage_options)
+    return digest, done
+
+
 def is_block_done(
     files: list[CommittedFile], fingerprint: str, digest: str, parts: int, storage_options=None
 ) -> bool:

@@ -34,9 +34,7 @@ def plan(job, replica_spec: ReplicaSpec) -> dict[str, Any]:
             label = table.column(corpus.BLOCK_COLUMN)[0].as_py()
             rows_by_collection.update(body.column("collection").to_pylist())
             mine = [f for f in files if f.label == label]
-            parts = len(set(body.column("collection").to_pylist()))
-            digest = commit.block_digest(body)
-            if mine and commit.is_block_done(mine, fingerprint, digest, parts, options):
+            if commit.block_status(body, mine, fingerprint, options)[1]:
                 done += body.num_rows
             else:
                 todo += body.num_rows

@@ -173,23 +173,17 @@ def start_ray() -> bool:
     return True
 
 
-def cluster_resources() -> tuple[float, float]:
+def cluster_resources() -> tuple[float, float, str]:
+    """CPUs, GPUs, and the GPU kinds Ray found (e.g. "T4 x2")."""
     import ray
 
     resources = ray.cluster_resources()
-    return resources.get("CPU", 0.0), resources.get("GPU", 0.0)
-
-
-def accelerator_types() -> str:
-    """The GPU kinds Ray found, e.g. "T4 x2"."""
-    import ray
-
-    found = {
-        key.split(":", 1)[1]: count
-        for key, count in ray.cluster_resources().items()
+    kinds = ", ".join(
+        f"{key.split(':', 1)[1]} x{count:g}"
+        for key, count in resources.items()
         if key.startswith("accelerator_type:")
-    }
-    return ", ".join(f"{kind} x{count:g}" for kind, count in found.items())
+    )
+    return resources.get("CPU", 0.0), resources.get("GPU", 0.0), kinds
 
 
 def run_job(job: Job) -> tuple[dict, int]:
@@ -201,11 +195,10 @@ def run_job(job: Job) -> tuple[dict, int]:
     t0 = time.perf_counter()
     started_here = start_ray()
     try:
-        cpus, gpus = cluster_resources()
+        cpus, gpus, accelerators = cluster_resources()
         plan = plan_replicas(
             cpus, gpus, settings.replicas, settings.gpus_per_replica, settings.cpus_per_replica
         )
-        accelerators = accelerator_types()
         log.info(
             "cluster: %g CPU, %g GPU%s -> %d replica(s), %g GPU and %d CPU each; %d input file(s)",
             cpus,

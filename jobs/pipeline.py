@@ -115,9 +115,8 @@ def read_shards(batch: pa.Table, spec: PipelineSpec):
 
 
 def plan_block(label: str, body: pa.Table, files, spec: PipelineSpec) -> dict[str, Any]:
-    digest = commit.block_digest(body)
-    parts = len(set(body.column("collection").to_pylist()))
-    if files and commit.is_block_done(files, spec.fingerprint, digest, parts, spec.storage_options):
+    digest, done = commit.block_status(body, files, spec.fingerprint, spec.storage_options)
+    if done:
         return envelope(label, digest, body.num_rows, skipped=body.num_rows)
     reuse = None
     if files:

@@ -17,12 +17,17 @@ def inspect(path) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+def load_entry(entry: str, tmp_path):
+    """The printed entry, pasted into a registry file and loaded as users would."""
+    registry_file = tmp_path / "models.toml"
+    registry_file.write_text(entry)
+    return Registry.load(registry_file).get("mine")
+
+
 def test_a_folder_without_hints_becomes_an_unknown_entry_that_loads(model_path, tmp_path):
     result = inspect(model_path)
     assert result.returncode == 0, result.stderr
-    registry_file = tmp_path / "models.toml"
-    registry_file.write_text(result.stdout)
-    spec = Registry.load(registry_file).get("mine")
+    spec = load_entry(result.stdout, tmp_path)
     curated = Registry.load().get("all-miniLM-l6")
     assert (spec.native_dim, spec.max_tokens) == (curated.native_dim, curated.max_tokens)
     assert spec.matryoshka_dims == curated.matryoshka_dims == ()
@@ -46,9 +51,7 @@ def test_matryoshka_hints_and_prompts_are_read(tmp_path):
     )
     result = inspect(folder)
     assert result.returncode == 0, result.stderr
-    registry_file = tmp_path / "models.toml"
-    registry_file.write_text(result.stdout)
-    spec = Registry.load(registry_file).get("mine")
+    spec = load_entry(result.stdout, tmp_path)
     assert spec.matryoshka == "confirmed"
     assert spec.matryoshka_dims == (64, 128, 256, 512, 768)
     assert (spec.document_prompt_name, spec.query_prompt_name) == ("document", "query")
@@ -71,8 +74,6 @@ def test_a_trainer_card_with_matryoshka_loss_and_dims_is_proposed_as_confirmed(t
     )
     result = inspect(folder)
     assert result.returncode == 0, result.stderr
-    registry_file = tmp_path / "models.toml"
-    registry_file.write_text(result.stdout)
-    spec = Registry.load(registry_file).get("mine")
+    spec = load_entry(result.stdout, tmp_path)
     assert spec.matryoshka == "confirmed"
     assert spec.matryoshka_dims == (64, 256, 512, 1024)
