@@ -6,7 +6,9 @@ rest of the job. It checks, on the GPU it finds:
   2. token-budget batching: vectors in input order, equal to bare encode in fp32;
   3. out-of-memory back-off under an artificially small memory cap;
   4. the NaN guard: a NaN forced into one micro-batch is redone in fp32;
-  5. throughput of the replica against bare `encode` in fp16 on the same GPU.
+  5. throughput of the replica against bare `encode` in fp16 on the same GPU;
+  6. fixed-shape batches (used whenever the job quantizes): are a text's floats bitwise the
+     same in other batch compositions on this GPU, and what do they cost in throughput?
 Run it from the repository root; it prints one JSON report.
 """
 
@@ -110,7 +112,28 @@ def main() -> None:
     report["bare_fp16_rows_per_s"] = round(len(texts) / bare_seconds, 1)
     report["replica_fp16_rows_per_s"] = round(len(texts) / replica_seconds, 1)
     report["replica_vs_bare"] = round(bare_seconds / replica_seconds, 2)
+    report.update(fixed_shape_check(source, texts))
     print(json.dumps(report, indent=2))
+
+
+def fixed_shape_check(source: str, texts: list[str]) -> dict:
+    """Same texts, other compositions: rows whose floats differ at all, per dtype."""
+    report = {}
+    for dtype in ("fp16", "fp32"):
+        fixed = replica_for(source, device="cuda", dtype=dtype, fixed_shape_batches=True)
+        fixed.embed(texts[:64])
+        together = fixed.embed(texts[:1000])
+        in_sevens = np.concatenate([fixed.embed(texts[i : i + 7]) for i in range(0, 1000, 7)])
+        reversed_ = fixed.embed(texts[:1000][::-1])[::-1]
+        report[f"fixed_shape_{dtype}_rows_differing"] = [
+            int((together != other).any(axis=1).sum()) for other in (in_sevens, reversed_)
+        ]
+    fixed = replica_for(source, device="cuda", dtype="fp16", fixed_shape_batches=True)
+    fixed.embed(texts[:64])
+    seconds = timed(lambda: fixed.embed(texts))
+    report["fixed_shape_fp16_rows_per_s"] = round(len(texts) / seconds, 1)
+    report["fixed_shape_filler_rows"] = fixed.stats.filler_rows
+    return report
 
 
 if __name__ == "__main__":

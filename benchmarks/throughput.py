@@ -3,7 +3,10 @@ and the naive Ray Data recipe, on the same machine, model and threads, in one ru
 
 (a) bare `SentenceTransformer.encode` over the whole list (it sorts globally: the strong baseline)
 (b) the naive Ray Data recipe: `map_batches` with 64 rows per call into `encode`
-(c) this job end to end (read JSONL -> replica -> Parquet), one replica, fp32 and bf16
+(c) this job end to end (read JSONL -> replica -> Parquet), one replica, fp32 and bf16, and fp32
+    with int8 codes (fixed-shape batches)
+(d) the replica alone, default batches against fixed-shape batches, alternating in one process:
+    the cost of one code per text, without the run-to-run noise of whole jobs
 
 Rates of (b) and (c) are net of start-up: (rows at 16x - rows at 4x) / (time at 16x - time at 4x),
 so Ray's start, model loads and per-run fixed costs cancel out; they are reported on their own.
@@ -57,6 +60,43 @@ def bare_encode(texts: list[str], dtype: str) -> float:
     return time.perf_counter() - started
 
 
+def replica_batching(texts: list[str], block_rows: int = 2048, rounds: int = 2) -> dict:
+    """(d): seconds (best of `rounds`) for the replica over `texts` in job-sized blocks, with
+    default and with fixed-shape batches, alternating so that both see the same machine."""
+    from embedder import Replica, ReplicaSpec
+
+    replicas = {
+        fixed: Replica(
+            ReplicaSpec(
+                model_name=MODEL,
+                source=model_path(),
+                source_is_local=True,
+                dim=384,
+                device="cpu",
+                fixed_shape_batches=fixed,
+            )
+        )
+        for fixed in (False, True)
+    }
+    best = {False: float("inf"), True: float("inf")}
+    for _ in range(rounds):
+        for fixed, replica in replicas.items():
+            replica.embed(texts[:64])  # warm-up
+            replica.stats = type(replica.stats)()
+            started = time.perf_counter()
+            for start in range(0, len(texts), block_rows):
+                replica.embed(texts[start : start + block_rows])
+            best[fixed] = min(best[fixed], time.perf_counter() - started)
+    stats = {fixed: replica.stats for fixed, replica in replicas.items()}
+    return {
+        "default_seconds": best[False],
+        "fixed_seconds": best[True],
+        "filler_rows": stats[True].filler_rows,
+        "padding_default": 1 - stats[False].tokens / stats[False].padded_tokens,
+        "padding_fixed": 1 - stats[True].tokens / stats[True].padded_tokens,
+    }
+
+
 class NaiveEncoder:
     """(b) as the usual recipe writes it: a model per actor, 64 rows per call into encode."""
 
@@ -82,7 +122,9 @@ def naive_ray(texts: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def this_job(texts: list[str], dtype: str, workdir: Path) -> tuple[float, dict, Path]:
+def this_job(
+    texts: list[str], dtype: str, workdir: Path, precision: str = "float32"
+) -> tuple[float, dict, Path]:
     """(c): the whole job in this process's Ray; returns seconds, manifest, output folder."""
     from jobs.embed import prepare_job, run_job
     from jobs.settings import EmbedSettings
@@ -90,9 +132,17 @@ def this_job(texts: list[str], dtype: str, workdir: Path) -> tuple[float, dict, 
     corpus = workdir / f"in-{len(texts)}"
     if not corpus.exists():
         write_corpus(corpus, texts)
-    output = workdir / f"out-{len(texts)}-{dtype}"
+    output = workdir / f"out-{len(texts)}-{dtype}-{precision}"
     shutil.rmtree(output, ignore_errors=True)
-    settings = EmbedSettings(input=str(corpus), output=str(output), model=MODEL, dtype=dtype)
+    settings = EmbedSettings(
+        input=str(corpus),
+        output=str(output),
+        model=MODEL,
+        dtype=dtype,
+        precision=precision,
+        # A fixed-size calibration sample, so that it cancels out of the net rate.
+        calibration_rows=CALIBRATION_ROWS,
+    )
     started = time.perf_counter()
     record, code = run_job(prepare_job(settings))
     seconds = time.perf_counter() - started
@@ -153,6 +203,8 @@ def main() -> None:
     print("(a) bare encode ...", flush=True)
     results["a fp32"] = {16: bare_encode(sizes[16], "fp32")}
     results["a bf16"] = {16: bare_encode(sizes[16], "bf16")}
+    print("(d) replica, default and fixed-shape batches ...", flush=True)
+    batching = replica_batching(sizes[16])
 
     import ray
 
@@ -170,18 +222,23 @@ def main() -> None:
             results["c fp32"][k], manifests[k], out_fp32 = this_job(sizes[k], "fp32", workdir)
         for k in (4, 16):
             results["c bf16"][k], _, out_bf16 = this_job(sizes[k], "bf16", workdir)
+        results["c int8"] = {}
+        for k in (4, 16):
+            results["c int8"][k], manifests[f"int8 {k}"], _ = this_job(
+                sizes[k], "fp32", workdir, precision="int8"
+            )
         fp32, bf16 = vectors_by_id(out_fp32), vectors_by_id(out_bf16)
         cosines = [float(np.dot(fp32[i], bf16[i])) for i in bf16]
     finally:
         ray.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)
-    report = render(args.rows, tokens, results, manifests, ray_start, cosines)
+    report = render(args.rows, tokens, results, manifests, ray_start, cosines, batching)
     print(report)
     Path(args.out).write_text(report)
     print(f"written to {args.out}")
 
 
-def render(rows, tokens, results, manifests, ray_start, cosines) -> str:
+def render(rows, tokens, results, manifests, ray_start, cosines, batching) -> str:
     sizes = {1: rows, 4: rows * 4, 16: rows * 16}
     tokens_per_row = tokens[16] / sizes[16]
     rates = {
@@ -191,6 +248,7 @@ def render(rows, tokens, results, manifests, ray_start, cosines) -> str:
         for name, t in results.items()
     }
     replica = manifests[16]["devices"][0]
+    int8 = manifests["int8 16"]["devices"][0]
     lines = [
         "# Throughput: this job against bare sentence-transformers and the naive Ray recipe",
         "",
@@ -203,7 +261,7 @@ def render(rows, tokens, results, manifests, ray_start, cosines) -> str:
         "| run | rows/s (net of start-up) | real tokens/s | vs (a) fp32 | vs (b) |",
         "|---|---|---|---|---|",
     ]
-    for name in ("a fp32", "a bf16", "b fp32", "c fp32", "c bf16"):
+    for name in ("a fp32", "a bf16", "b fp32", "c fp32", "c bf16", "c int8"):
         rate = rates[name]
         lines.append(
             f"| {LABELS[name]} | {rate:.1f} | {rate * tokens_per_row:.0f} | "
@@ -224,6 +282,23 @@ def render(rows, tokens, results, manifests, ray_start, cosines) -> str:
         f"(c) bf16 against (c) fp32, {len(cosines)} rows: cosine min {min(cosines):.6f}, "
         f"mean {np.mean(cosines):.6f}.",
         "",
+        "(c) `--precision int8` encodes in fixed-shape batches (each text padded to a width set",
+        "by its own length, every batch of a width holding the same number of rows, filled with",
+        "copies), so that a text's codes do not depend on its batch-mates. At 16x "
+        f"{int8['filler_rows']} filler rows were encoded for {sizes[16]} real ones and "
+        f"padding was {int8['padding_share'] * 100:.0f} % of computed tokens; "
+        f"calibration used {CALIBRATION_ROWS} rows in every int8 run. Whole-job rates on this",
+        "2-core box move by 10-20 % from run to run; (d) measures the batching cost directly.",
+        "",
+        f"(d) the replica alone over the {sizes[16]} rows in blocks of 2048, best of 2, "
+        "alternating: default batches "
+        f"{batching['default_seconds']:.1f} s ({sizes[16] / batching['default_seconds']:.1f} "
+        f"rows/s, padding {batching['padding_default'] * 100:.0f} %), fixed-shape batches "
+        f"{batching['fixed_seconds']:.1f} s ({sizes[16] / batching['fixed_seconds']:.1f} rows/s, "
+        f"padding and filler {batching['padding_fixed'] * 100:.0f} %, "
+        f"{batching['filler_rows']} filler rows): "
+        f"{batching['fixed_seconds'] / batching['default_seconds']:.2f}x the time.",
+        "",
     ]
     if not has_amx():
         lines += [
@@ -241,7 +316,9 @@ LABELS = {
     "b fp32": "(b) naive Ray Data recipe, fp32",
     "c fp32": "(c) this job, one replica, fp32",
     "c bf16": "(c) this job, one replica, `--dtype bf16`",
+    "c int8": "(c) this job, one replica, fp32, `--precision int8`",
 }
+CALIBRATION_ROWS = 100
 
 
 if __name__ == "__main__":

@@ -16,7 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from embedder.batching import DEFAULT_MAX_BATCH_TOKENS, MicroBatch, plan_micro_batches
+from embedder.batching import (
+    DEFAULT_MAX_BATCH_TOKENS,
+    FIXED_SHAPE_MAX_BATCH_TOKENS,
+    MicroBatch,
+    plan_fixed_shape_batches,
+    plan_micro_batches,
+)
 from embedder.device import choose_dtype, resolve_device, torch_dtype
 from embedder.vectors import bad_rows, truncate_and_normalize
 
@@ -42,6 +48,9 @@ class ReplicaSpec:
     max_batch_tokens: int | None = None  # None: a default for the device
     batch_size: int = 256  # the most texts in one micro-batch, whatever their length
     cpu_threads: int | None = None
+    # Encode in batches whose shape is set by the texts' own lengths, so a text's vector does
+    # not depend on what it was batched with (quantized codes need it: plan_fixed_shape_batches).
+    fixed_shape_batches: bool = False
 
     @classmethod
     def for_model(
@@ -79,6 +88,7 @@ class ReplicaStats:
     tokenize_seconds: float = 0.0
     oom_retries: int = 0
     nan_redone_rows: int = 0
+    filler_rows: int = 0  # encoded only to keep fixed-shape batches full
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,9 +114,14 @@ class Replica:
         if spec.max_tokens:
             self.model.max_seq_length = min(spec.max_tokens, self.model.max_seq_length or 10**9)
         self.prompt = spec.document_prompt or self.model.prompts.get(spec.document_prompt_name, "")
+        if spec.fixed_shape_batches:
+            _keep_padding(self.model)
         # Halved on each out-of-memory and kept: the budget that worked stays in use. Never
         # below the longest possible text, which must fit a micro-batch on its own.
-        budget = spec.max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS[self.device]
+        defaults = (
+            FIXED_SHAPE_MAX_BATCH_TOKENS if spec.fixed_shape_batches else DEFAULT_MAX_BATCH_TOKENS
+        )
+        budget = spec.max_batch_tokens or defaults[self.device]
         self.max_batch_tokens = max(budget, self.max_seq_length)
         self.fp32_model = None  # loaded on the first NaN under reduced precision
         self.stats = ReplicaStats()
@@ -146,17 +161,18 @@ class Replica:
         self.stats.tokenize_seconds += time.perf_counter() - started
         started = time.perf_counter()
         out = np.empty((len(texts), self.spec.dim), dtype=np.float32)
-        pending = deque(plan_micro_batches(lengths, self.max_batch_tokens, self.spec.batch_size))
+        pending = deque(self.plan(lengths, self.max_batch_tokens, self.spec.batch_size))
         while pending:
             batch = pending.popleft()
             try:
-                raw = self.encode_rows([texts[i] for i in batch.rows])
+                raw = self.encode_batch(texts, batch)
             except _out_of_memory_errors() as err:
                 pending.extendleft(reversed(self.back_off(batch, lengths, err)))
                 continue
             out[list(batch.rows)] = truncate_and_normalize(raw, self.spec.dim)
             self.stats.batches += 1
             self.stats.padded_tokens += batch.padded_tokens
+            self.stats.filler_rows += batch.filler_rows
         self.stats.encode_seconds += time.perf_counter() - started
         self.stats.rows += len(texts)
         return out
@@ -164,30 +180,61 @@ class Replica:
     def back_off(self, batch: MicroBatch, lengths: list[int], err: Exception) -> list[MicroBatch]:
         """Halve the token budget and re-plan the batch that ran out of memory: it always
         splits in two or more. A single text that does not fit is a real failure."""
-        if len(batch.rows) == 1:
+        if batch.encoded_rows == 1:
             raise err
         self.max_batch_tokens = max(self.max_seq_length, self.max_batch_tokens // 2)
         self.stats.oom_retries += 1
         _release_cuda_cache()
         sub_lengths = [lengths[i] for i in batch.rows]
-        smaller = plan_micro_batches(sub_lengths, self.max_batch_tokens, len(batch.rows) // 2 or 1)
-        return [MicroBatch(tuple(batch.rows[j] for j in b.rows), b.longest) for b in smaller]
+        # Fixed shapes change here: codes of texts encoded after an out-of-memory can differ
+        # by one step from what a roomier replica gives (counted in oom_retries).
+        smaller = self.plan(sub_lengths, self.max_batch_tokens, batch.encoded_rows // 2 or 1)
+        return [dataclasses.replace(b, rows=tuple(batch.rows[j] for j in b.rows)) for b in smaller]
 
-    def encode_rows(self, texts: list[str]) -> np.ndarray:
+    def plan(self, lengths: list[int], max_batch_tokens: int, max_rows: int) -> list[MicroBatch]:
+        if self.spec.fixed_shape_batches:
+            return plan_fixed_shape_batches(
+                lengths, max_batch_tokens, self.max_seq_length, max_rows
+            )
+        return plan_micro_batches(lengths, max_batch_tokens, max_rows)
+
+    def encode_batch(self, texts: list[str], batch: MicroBatch) -> np.ndarray:
+        """Full-width vectors of the batch's rows. Fixed-shape batches are filled up with
+        copies of their first text (encoded, then dropped) and padded to their width."""
+        chosen = [texts[i] for i in batch.rows]
+        chosen += chosen[:1] * batch.filler_rows
+        real = len(batch.rows)
+        return self.encode_rows(chosen, batch.pad_multiple, real)[:real]
+
+    def encode_rows(
+        self, texts: list[str], pad_multiple: int = 0, real_rows: int | None = None
+    ) -> np.ndarray:
         """Full-width vectors for one micro-batch; rows that come out NaN, inf or zero under
-        reduced precision are encoded again in fp32 (and counted)."""
-        raw = self.encode_with(self.model, texts)
+        reduced precision are encoded again in fp32 (and counted, filler rows excepted)."""
+        raw = self.encode_with(self.model, texts, pad_multiple)
         bad = bad_rows(raw[:, : self.spec.dim])
         if bad.size and self.dtype != "fp32":
             if self.fp32_model is None:
                 self.fp32_model = load_model(self.spec, self.device, "fp32")
                 self.fp32_model.max_seq_length = self.model.max_seq_length
+                if self.spec.fixed_shape_batches:
+                    _keep_padding(self.fp32_model)
             raw = np.array(raw, dtype=np.float32)
-            raw[bad] = self.encode_with(self.fp32_model, [texts[i] for i in bad])
-            self.stats.nan_redone_rows += int(bad.size)
+            if pad_multiple:  # the same shape again, so the fp32 floats are batch-invariant too
+                raw[bad] = self.encode_with(self.fp32_model, texts, pad_multiple)[bad]
+            else:
+                raw[bad] = self.encode_with(self.fp32_model, [texts[i] for i in bad])
+            self.stats.nan_redone_rows += int((bad < (real_rows or len(texts))).sum())
         return raw
 
-    def encode_with(self, model, texts: list[str]) -> np.ndarray:
+    def encode_with(self, model, texts: list[str], pad_multiple: int = 0) -> np.ndarray:
+        kwargs = dict(self.spec.encode_kwargs)
+        if pad_multiple:
+            # The batch holds texts of one padded width only: padding the longest to a
+            # multiple of the quantum gives exactly that width.
+            processing = dict(kwargs.pop("processing_kwargs", {}))
+            processing["text"] = {**processing.get("text", {}), "pad_to_multiple_of": pad_multiple}
+            kwargs["processing_kwargs"] = processing
         return model.encode(
             texts,
             prompt=self.spec.document_prompt or None,
@@ -196,7 +243,7 @@ class Replica:
             convert_to_numpy=True,
             normalize_embeddings=False,
             show_progress_bar=False,
-            **self.spec.encode_kwargs,
+            **kwargs,
         ).astype(np.float32, copy=False)
 
     def token_lengths(self, texts: list[str]) -> list[int]:
@@ -213,6 +260,14 @@ class Replica:
         self.stats.tokens += sum(capped)
         self.stats.truncated_texts += sum(n > limit for n in full)
         return capped
+
+
+def _keep_padding(model) -> None:
+    """Flash-attention models may pack a batch's texts into one unpadded sequence, whose
+    shape then depends on the batch: fixed-length batches need the padded path."""
+    first = model[0] if len(model) else None
+    if hasattr(first, "unpad_inputs"):
+        first.unpad_inputs = False
 
 
 def _out_of_memory_errors() -> tuple[type[BaseException], ...]:

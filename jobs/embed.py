@@ -156,6 +156,9 @@ def replica_spec_for(job: Job, plan: ReplicaPlan) -> ReplicaSpec:
         batch_size=settings.batch_size,
         max_batch_tokens=settings.max_batch_tokens,
         cpu_threads=plan.torch_threads,
+        # Quantized codes are compared across the corpus: a text's codes must not depend on
+        # its batch-mates, which float noise from changing batch shapes would break.
+        fixed_shape_batches=settings.precision != "float32",
     )
 
 

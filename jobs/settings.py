@@ -69,7 +69,10 @@ class EmbedSettings(BaseSettings):
     )
     batch_size: int = Field(256, ge=1, description="most texts in one forward pass")
     max_batch_tokens: int | None = Field(
-        None, ge=1, description="token budget per forward pass; default 2048 CPU, 32768 GPU"
+        None,
+        ge=1,
+        description="token budget per forward pass; default 2048 CPU, 32768 GPU "
+        "(1024 and 8192 when quantizing)",
     )
     block_rows: int = Field(
         2048, ge=1, description="input rows per block: the unit sent to a replica and written"

@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from embedder import Replica, ReplicaSpec
-from embedder.batching import plan_micro_batches
+from embedder.batching import (
+    padded_length,
+    padding_quantum,
+    plan_fixed_shape_batches,
+    plan_micro_batches,
+)
 from tests.conftest import real_texts, reference_vectors
 
 
@@ -36,6 +41,36 @@ def test_row_cap_and_bad_budgets():
         plan_micro_batches([10, 300], 256)
     with pytest.raises(ValueError, match="positive integer"):
         plan_micro_batches([1], 0)
+
+
+def test_padded_length_depends_on_the_length_alone_and_fits_the_model():
+    for max_length in (256, 512, 8192, 510):
+        widths = {n: padded_length(n, max_length) for n in range(1, max_length + 1)}
+        assert all(n <= w <= max_length for n, w in widths.items())
+        assert all(max_length % padding_quantum(n, max_length) == 0 for n in widths)
+        # The tokenizer pads the longest row of a batch up to a multiple of the width's
+        # quantum: that must land on the width itself for every length that maps to it.
+        for n, w in widths.items():
+            quantum = padding_quantum(w, max_length)
+            assert -(-n // quantum) * quantum == w
+    assert padded_length(120, 256) == 128 and padded_length(129, 256) == 160
+    assert padded_length(300, 512) == 320 and padded_length(1, 256) == 16
+
+
+def test_fixed_shape_batches_have_one_shape_per_width_whatever_the_block():
+    rng = np.random.default_rng(3)
+    big = [int(n) for n in rng.integers(1, 257, size=700)]
+    small = big[:9] + [17, 17, 200]
+    shapes = {}
+    for lengths in (big, small, big[::-1]):
+        batches = plan_fixed_shape_batches(lengths, 1024, 256, max_rows=256)
+        assert sorted(i for b in batches for i in b.rows) == list(range(len(lengths)))
+        for b in batches:
+            assert {padded_length(lengths[i], 256) for i in b.rows} == {b.longest}
+            assert b.encoded_rows == b.fill_to and b.padded_tokens <= 1024
+            assert shapes.setdefault(b.longest, b.fill_to) == b.fill_to
+    assert shapes[16] == 64 and shapes[256] == 4
+    assert plan_fixed_shape_batches([5] * 10, 1024, 256, max_rows=3)[0].fill_to == 3
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +113,21 @@ def test_replica_returns_vectors_in_input_order_equal_to_unsorted_encoding(
     replica.model.encode = watch
     replica.embed(mixed_length_texts[:40])
     assert seen_batches and max(seen_batches) <= 1024
+
+
+def test_fixed_shape_batches_reach_the_model_in_the_planned_shapes(model_path, mixed_length_texts):
+    """The tokenizer's own padding must give each batch exactly its planned width."""
+    replica = make_replica(model_path, fixed_shape_batches=True)
+    assert replica.max_batch_tokens == 1024  # the fixed-shape default on CPU
+    seen = []
+    replica.model.register_forward_pre_hook(
+        lambda module, args: seen.append(tuple(args[0]["input_ids"].shape))
+    )
+    lengths = replica.token_lengths(mixed_length_texts)
+    planned = plan_fixed_shape_batches(lengths, 1024, replica.max_seq_length, 256)
+    replica.embed(mixed_length_texts)
+    assert seen == [(b.fill_to, b.longest) for b in planned]
+    assert replica.stats.filler_rows == sum(b.filler_rows for b in planned) > 0
 
 
 def test_a_fake_out_of_memory_on_the_first_try_splits_the_batch_and_finishes(
@@ -124,3 +174,29 @@ def test_nan_under_reduced_precision_is_redone_in_fp32_and_counted(
     assert np.isfinite(ours).all()
     reference = reference_vectors(bare_model, texts, 384)
     assert np.sum(ours * reference, axis=1).min() >= 0.99
+
+
+def test_a_nan_batch_is_redone_in_fp32_in_the_same_fixed_shape(model_path, mixed_length_texts):
+    """The fp32 redo of a fixed-shape batch encodes the whole batch again, filler included, so
+    the redone rows are bitwise what an fp32 replica gives them in any composition."""
+    texts = mixed_length_texts[:40]
+    replica = make_replica(model_path, dtype="bf16", fixed_shape_batches=True)
+    fired = {"done": False}
+
+    def nan_once(module, inputs, output):
+        if not fired["done"]:
+            fired["done"] = True
+            output["sentence_embedding"] = torch.full_like(
+                output["sentence_embedding"], float("nan")
+            )
+        return output
+
+    replica.model.register_forward_hook(nan_once)
+    ours = replica.embed(texts)
+    first = plan_fixed_shape_batches(replica.token_lengths(texts), 1024, 256, 256)[0]
+    assert replica.stats.nan_redone_rows == len(first.rows)  # filler rows not counted
+    in_fp32 = make_replica(model_path, fixed_shape_batches=True)
+    redone = list(first.rows)
+    np.testing.assert_array_equal(
+        ours[redone], in_fp32.embed([texts[i] for i in redone][::-1])[::-1]
+    )

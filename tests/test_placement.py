@@ -39,8 +39,12 @@ def test_gpus_per_replica_zero_forces_cpu_placement():
     assert plan.gpus_per_replica == 0 and not plan.on_gpus
 
 
-def test_two_logical_gpus_get_two_replicas_each_on_its_own_gpu(mixed_corpus, tmp_path):
-    """Ray's logical GPUs on this CPU box: placement is real, the model runs on CPU by setting."""
+def test_two_logical_gpus_get_two_replicas_each_on_its_own_gpu(mixed_corpus, model_path, tmp_path):
+    """Ray's logical GPUs on this CPU box: placement is real, the model runs on CPU by setting.
+
+    With int8 codes on, each text's codes and floats are the same whichever of the two
+    replicas embedded it, in blocks of four rows, as a lone replica gives for the whole corpus
+    in one call in another order."""
     import ray
 
     from jobs.embed import prepare_job, run_job
@@ -53,6 +57,10 @@ def test_two_logical_gpus_get_two_replicas_each_on_its_own_gpu(mixed_corpus, tmp
             output=str(tmp_path / "out"),
             model="all-miniLM-l6",
             device="cpu",
+            dims="384,128",
+            precision="int8",
+            block_rows=4,
+            allow_non_matryoshka=True,
         )
         record, code = run_job(prepare_job(settings))
     finally:
@@ -62,9 +70,38 @@ def test_two_logical_gpus_get_two_replicas_each_on_its_own_gpu(mixed_corpus, tmp
     visible = sorted(r["cuda_visible_devices"] for r in record["devices"])
     assert visible == ["0", "1"]
     assert all(r["device"] == "cpu" and len(r["gpu_ids"]) == 1 for r in record["devices"])
+    assert all(r["rows"] > 0 for r in record["devices"])  # both replicas did some of it
     assert record["rows_embedded"] == len(mixed_corpus["expected"])
     on_disk = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert on_disk["replicas"] == 2
+    assert_codes_match_a_lone_replica(tmp_path / "out", mixed_corpus["expected"], model_path)
+
+
+def assert_codes_match_a_lone_replica(output, expected, model_path) -> None:
+    import numpy as np
+    import torch
+
+    from embedder import Replica, ReplicaSpec
+    from embedder.outputs import output_vectors
+    from tests.conftest import read_output
+
+    tables = read_output(output)
+    ids = [i for table in tables.values() for i in table.column("id").to_pylist()]
+    threads = torch.get_num_threads()
+    spec = ReplicaSpec(
+        model_name="m", source=model_path, source_is_local=True, dim=384, device="cpu",
+        fixed_shape_batches=True, cpu_threads=1,  # as the job's replicas had
+    )  # fmt: skip
+    try:
+        alone = Replica(spec).embed([expected[i]["text"] for i in ids][::-1])[::-1]
+    finally:
+        torch.set_num_threads(threads)
+    ranges = json.loads((output / "_manifest.json").read_text())["calibration"]["ranges"]
+    want = output_vectors(alone, [384, 128], "int8", ranges)
+    for name, matrix in want.items():
+        written = [table.column(name).to_pylist() for table in tables.values()]
+        got = np.asarray([row for part in written for row in part], dtype=matrix.dtype)
+        np.testing.assert_array_equal(got, matrix, err_msg=name)
 
 
 def test_a_lone_cpu_replica_also_encodes_on_the_io_cpu():
