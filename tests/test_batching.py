@@ -151,11 +151,8 @@ def test_a_fake_out_of_memory_on_the_first_try_splits_the_batch_and_finishes(
     assert np.sum(ours * reference, axis=1).min() >= 0.9999
 
 
-def test_nan_under_reduced_precision_is_redone_in_fp32_and_counted(
-    model_path, bare_model, mixed_length_texts
-):
-    """A forward hook on the real bf16 model turns one micro-batch's output to NaN once."""
-    replica = make_replica(model_path, dtype="bf16", max_batch_tokens=2048)
+def turn_one_batch_to_nan(replica: Replica) -> dict[str, bool]:
+    """A forward hook on the replica's model that turns one micro-batch's output to NaN, once."""
     fired = {"done": False}
 
     def nan_once(module, inputs, output):
@@ -167,6 +164,15 @@ def test_nan_under_reduced_precision_is_redone_in_fp32_and_counted(
         return output
 
     replica.model.register_forward_hook(nan_once)
+    return fired
+
+
+def test_nan_under_reduced_precision_is_redone_in_fp32_and_counted(
+    model_path, bare_model, mixed_length_texts
+):
+    """A forward hook on the real bf16 model turns one micro-batch's output to NaN once."""
+    replica = make_replica(model_path, dtype="bf16", max_batch_tokens=2048)
+    fired = turn_one_batch_to_nan(replica)
     texts = mixed_length_texts[:30]
     ours = replica.embed(texts)
     assert fired["done"] and replica.stats.nan_redone_rows > 0
@@ -181,20 +187,10 @@ def test_a_nan_batch_is_redone_in_fp32_in_the_same_fixed_shape(model_path, mixed
     the redone rows are bitwise what an fp32 replica gives them in any composition."""
     texts = mixed_length_texts[:40]
     replica = make_replica(model_path, dtype="bf16", fixed_shape_batches=True)
-    fired = {"done": False}
-
-    def nan_once(module, inputs, output):
-        if not fired["done"]:
-            fired["done"] = True
-            output["sentence_embedding"] = torch.full_like(
-                output["sentence_embedding"], float("nan")
-            )
-        return output
-
-    replica.model.register_forward_hook(nan_once)
+    fired = turn_one_batch_to_nan(replica)
     ours = replica.embed(texts)
     first = plan_fixed_shape_batches(replica.token_lengths(texts), 1024, 256, 256)[0]
-    assert replica.stats.nan_redone_rows == len(first.rows)  # filler rows not counted
+    assert fired["done"] and replica.stats.nan_redone_rows == len(first.rows)  # filler not counted
     in_fp32 = make_replica(model_path, fixed_shape_batches=True)
     redone = list(first.rows)
     np.testing.assert_array_equal(
