@@ -73,7 +73,7 @@ def plan_micro_batches(
 
 
 def padded_length(length: int, max_length: int) -> int:
-    """The length a text is padded to in fixed-length batches: a function of its own token
+    """The length a text is padded to in fixed-shape batches: a function of its own token
     count only, never of its batch-mates.
 
     Padding quanta grow with length (16 up to 128 tokens, 32 up to 256, 64 up to 512, then
