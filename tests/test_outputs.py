@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import pyarrow as pa
 
 from embedder.outputs import calibration_ranges, output_vectors, quantize
-from tests.conftest import read_output, reference_vectors, run_job_cli
+from tests.conftest import run_job_cli
 
 
 def unit_rows(rows: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -49,41 +46,6 @@ def test_binary_packs_eight_dims_a_byte_like_sentence_transformers():
         columns["embedding_ubinary"], quantize_embeddings(full, precision="ubinary")
     )
     assert quantize(full, "binary", None).dtype == np.int8
-
-
-def test_two_widths_and_int8_from_one_run_then_resume(mixed_corpus, bare_model, tmp_path):
-    output = tmp_path / "out"
-    args = [str(mixed_corpus["root"]), str(output), "all-miniLM-l6", "--dims", "384,128",
-            "--precision", "int8", "--allow-non-matryoshka"]  # fmt: skip
-    result = run_job_cli(args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    manifest = json.loads((output / "_manifest.json").read_text())
-    assert manifest["dims"] == [384, 128] and manifest["precision"] == "int8"
-    ranges = {d: np.asarray(r) for d, r in manifest["calibration"]["ranges"].items()}
-    assert ranges["128"].shape == (2, 128)
-    assert manifest["calibration"]["rows"] == len(mixed_corpus["expected"])
-    from sentence_transformers.util.quantization import quantize_embeddings
-
-    expected = mixed_corpus["expected"]
-    for table in read_output(output).values():
-        ids = table.column("id").to_pylist()
-        texts = [expected[i]["text"] for i in ids]
-        for dim in (384, 128):
-            column = table.column(f"embedding_{dim}")
-            assert column.type == pa.list_(pa.float32(), dim)
-            ours = np.asarray(column.to_pylist(), dtype=np.float32)
-            reference = reference_vectors(bare_model, texts, dim)
-            assert np.sum(ours * reference, axis=1).min() >= 0.9999
-            quantized = table.column(f"embedding_{dim}_int8")
-            assert quantized.type == pa.list_(pa.int8(), dim)
-            np.testing.assert_array_equal(
-                np.asarray(quantized.to_pylist(), dtype=np.int8),
-                quantize_embeddings(ours, precision="int8", ranges=ranges[str(dim)]),
-            )
-    again = run_job_cli(args)
-    assert again.returncode == 0, again.stderr[-3000:]
-    rerun = json.loads((output / "_manifest.json").read_text())
-    assert rerun["rows_embedded"] == 0 and rerun["calibration"] == manifest["calibration"]
 
 
 def test_width_and_precision_mistakes_are_refused(mixed_corpus, tmp_path):

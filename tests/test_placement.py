@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from jobs.placement import PlacementError, plan_replicas
@@ -39,12 +40,15 @@ def test_gpus_per_replica_zero_forces_cpu_placement():
     assert plan.gpus_per_replica == 0 and not plan.on_gpus
 
 
-def test_two_logical_gpus_get_two_replicas_each_on_its_own_gpu(mixed_corpus, model_path, tmp_path):
+def test_two_logical_gpus_get_two_replicas_each_on_its_own_gpu(
+    mixed_corpus, model_path, bare_model, tmp_path
+):
     """Ray's logical GPUs on this CPU box: placement is real, the model runs on CPU by setting.
 
-    With int8 codes on, each text's codes and floats are the same whichever of the two
-    replicas embedded it, in blocks of four rows, as a lone replica gives for the whole corpus
-    in one call in another order."""
+    The run writes two widths with int8 codes: each text's floats and codes are the same
+    whichever of the two replicas embedded it, in blocks of four rows, as a lone replica gives
+    for the whole corpus in one call in another order. A rerun embeds nothing and keeps the
+    calibration."""
     import ray
 
     from jobs.embed import prepare_job, run_job
@@ -63,6 +67,7 @@ def test_two_logical_gpus_get_two_replicas_each_on_its_own_gpu(mixed_corpus, mod
             allow_non_matryoshka=True,
         )
         record, code = run_job(prepare_job(settings))
+        rerun, rerun_code = run_job(prepare_job(settings))
     finally:
         ray.shutdown()
     assert code == 0
@@ -74,11 +79,43 @@ def test_two_logical_gpus_get_two_replicas_each_on_its_own_gpu(mixed_corpus, mod
     assert record["rows_embedded"] == len(mixed_corpus["expected"])
     on_disk = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert on_disk["replicas"] == 2
+    assert on_disk["dims"] == [384, 128] and on_disk["precision"] == "int8"
+    calibration = on_disk["calibration"]
+    assert calibration["rows"] == len(mixed_corpus["expected"])
+    assert np.asarray(calibration["ranges"]["128"]).shape == (2, 128)
+    assert_columns_are_plain_vectors_and_codes(
+        tmp_path / "out", mixed_corpus["expected"], bare_model
+    )
     assert_codes_match_a_lone_replica(tmp_path / "out", mixed_corpus["expected"], model_path)
+    assert rerun_code == 0 and rerun["rows_embedded"] == 0
+    assert rerun["calibration"] == calibration
+
+
+def assert_columns_are_plain_vectors_and_codes(output, expected, bare_model) -> None:
+    """Declared Arrow types, vectors as sentence-transformers makes them, and codes that are
+    sentence-transformers' own quantization with the manifest's ranges."""
+    import pyarrow as pa
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    from tests.conftest import read_output, reference_vectors
+
+    ranges = json.loads((output / "_manifest.json").read_text())["calibration"]["ranges"]
+    for table in read_output(output).values():
+        texts = [expected[i]["text"] for i in table.column("id").to_pylist()]
+        for dim in (384, 128):
+            column = table.column(f"embedding_{dim}")
+            assert column.type == pa.list_(pa.float32(), dim)
+            ours = np.asarray(column.to_pylist(), dtype=np.float32)
+            assert np.sum(ours * reference_vectors(bare_model, texts, dim), axis=1).min() >= 0.9999
+            codes = table.column(f"embedding_{dim}_int8")
+            assert codes.type == pa.list_(pa.int8(), dim)
+            np.testing.assert_array_equal(
+                np.asarray(codes.to_pylist(), dtype=np.int8),
+                quantize_embeddings(ours, precision="int8", ranges=np.asarray(ranges[str(dim)])),
+            )
 
 
 def assert_codes_match_a_lone_replica(output, expected, model_path) -> None:
-    import numpy as np
     import torch
 
     from embedder import Replica, ReplicaSpec

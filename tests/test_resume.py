@@ -148,18 +148,42 @@ def test_killed_at_any_point_then_rerun_gives_every_row_exactly_once(corpus, tmp
     assert record["rows_skipped"] == record["rows_in_output"] == len(expected)
 
 
+@pytest.fixture
+def run_in_process():
+    """The job's own entry points on one local Ray, for tests that run it several times in a
+    row: saves a Ray start and the imports per run (the kill tests need real processes)."""
+    import ray
+
+    from jobs.embed import prepare_job, run_job
+    from jobs.settings import EmbedSettings
+
+    ray.init(num_cpus=2, include_dashboard=False)
+
+    def run(args: list[str]) -> dict:
+        root, output, model = args
+        record, code = run_job(prepare_job(EmbedSettings(input=root, output=output, model=model)))
+        assert code == 0
+        return json.loads((Path(output) / "_manifest.json").read_text())
+
+    try:
+        yield run
+    finally:
+        ray.shutdown()
+
+
 def test_rerun_of_a_finished_job_embeds_nothing_and_an_edit_embeds_one_row(
-    corpus, tmp_path, bare_model
+    corpus, tmp_path, bare_model, run_in_process
 ):
     source, expected = corpus
     root = tmp_path / "in"
     subprocess.run(["cp", "-r", str(source), str(root)], check=True)
     output = tmp_path / "out"
     args = [str(root), str(output), "all-miniLM-l6"]
-    first = finish(args)
+    run = run_in_process
+    first = run(args)
     assert first["rows_embedded"] == len(expected)
 
-    again = finish(args)
+    again = run(args)
     assert again["rows_embedded"] == 0 and again["rows_skipped"] == len(expected)
     mtimes = {p: p.stat().st_mtime_ns for p in part_files(output)}
 
@@ -171,7 +195,7 @@ def test_rerun_of_a_finished_job_embeds_nothing_and_an_edit_embeds_one_row(
     lines[7] = json.dumps(record)
     edited_file.write_text("\n".join(lines) + "\n")
 
-    after_edit = finish(args)
+    after_edit = run(args)
     assert after_edit["rows_embedded"] == 1
     assert after_edit["rows_skipped"] == len(expected) - 1
     assert_exactly_once(output, expected)
@@ -188,7 +212,7 @@ def test_rerun_of_a_finished_job_embeds_nothing_and_an_edit_embeds_one_row(
 
     # Remove a whole input file: its rows leave the output.
     (root / "docs" / "part-000.jsonl").unlink()
-    after_delete = finish(args)
+    after_delete = run(args)
     assert after_delete["rows_embedded"] == 0
     remaining = {k: v for k, v in expected.items() if not k.startswith("f0-")}
     assert set(output_ids(output)) == set(remaining)
