@@ -114,8 +114,6 @@ class Replica:
         if spec.max_tokens:
             self.model.max_seq_length = min(spec.max_tokens, self.model.max_seq_length or 10**9)
         self.prompt = spec.document_prompt or self.model.prompts.get(spec.document_prompt_name, "")
-        if spec.fixed_shape_batches:
-            _keep_padding(self.model)
         # Halved on each out-of-memory and kept: the budget that worked stays in use. Never
         # below the longest possible text, which must fit a micro-batch on its own.
         defaults = (
@@ -217,8 +215,6 @@ class Replica:
             if self.fp32_model is None:
                 self.fp32_model = load_model(self.spec, self.device, "fp32")
                 self.fp32_model.max_seq_length = self.model.max_seq_length
-                if self.spec.fixed_shape_batches:
-                    _keep_padding(self.fp32_model)
             raw = np.array(raw, dtype=np.float32)
             if pad_multiple:  # the same shape again, so the fp32 floats are batch-invariant too
                 raw[bad] = self.encode_with(self.fp32_model, texts, pad_multiple)[bad]
@@ -264,7 +260,7 @@ class Replica:
 
 def _keep_padding(model) -> None:
     """Flash-attention models may pack a batch's texts into one unpadded sequence, whose
-    shape then depends on the batch: fixed-length batches need the padded path."""
+    shape then depends on the batch: fixed-shape batches need the padded path."""
     first = model[0] if len(model) else None
     if hasattr(first, "unpad_inputs"):
         first.unpad_inputs = False
@@ -299,5 +295,7 @@ def load_model(spec: ReplicaSpec, device: str, dtype: str):
     model = SentenceTransformer(spec.source, **kwargs)
     if spec.backend == "torch" and dtype != "fp32":
         model = model.to(torch_dtype(dtype))
+    if spec.fixed_shape_batches:
+        _keep_padding(model)
     model.eval()
     return model
