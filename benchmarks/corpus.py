@@ -10,7 +10,7 @@ import json
 import random
 from pathlib import Path
 
-from jobs.evalsets import stdlib_definitions
+from jobs.quality.evalsets import stdlib_definitions
 
 
 def stdlib_chunks() -> list[str]:

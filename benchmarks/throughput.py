@@ -126,8 +126,8 @@ def this_job(
     texts: list[str], dtype: str, workdir: Path, precision: str = "float32"
 ) -> tuple[float, dict, Path]:
     """(c): the whole job in this process's Ray; returns seconds, manifest, output folder."""
-    from jobs.embed import prepare_job, run_job
-    from jobs.settings import EmbedSettings
+    from jobs.pipeline.job import prepare_job, run_job
+    from jobs.pipeline.settings import EmbedSettings
 
     corpus = workdir / f"in-{len(texts)}"
     if not corpus.exists():

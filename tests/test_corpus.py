@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.corpus import (
+from jobs.pipeline.corpus import (
     Columns,
     InputError,
     Shard,

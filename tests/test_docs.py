@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobs.settings import POSITIONAL, EmbedSettings
+from jobs.pipeline.settings import POSITIONAL, EmbedSettings
 from registry import Registry
 from registry.__main__ import markdown_table
 from tests.conftest import REPO

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from jobs.evalsets import code_search_set
-from jobs.evaluate import rank, recommend, score
+from jobs.quality.evalsets import code_search_set
+from jobs.quality.evaluation import rank, recommend, score
 from registry import Registry, plan_truncation
 from tests.conftest import REPO, job_env, write_jsonl
 
@@ -129,7 +129,7 @@ def test_metrics_for_perfect_reversed_and_one_miss_rankings():
 def test_recall_recomputed_with_numpy_matches_the_tool(model_path):
     from embedder import Replica, ReplicaSpec
     from embedder.vectors import truncate_and_normalize
-    from jobs.evaluate import evaluate
+    from jobs.quality.evaluation import evaluate
 
     spec = Registry.load().get("all-miniLM-l6")
     replica = Replica(

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from jobs.placement import PlacementError, plan_replicas
+from jobs.pipeline.placement import PlacementError, plan_replicas
 
 
 def test_one_replica_per_gpu_by_default():
@@ -51,8 +51,8 @@ def test_two_logical_gpus_get_two_replicas_each_on_its_own_gpu(
     calibration."""
     import ray
 
-    from jobs.embed import prepare_job, run_job
-    from jobs.settings import EmbedSettings
+    from jobs.pipeline.job import prepare_job, run_job
+    from jobs.pipeline.settings import EmbedSettings
 
     ray.init(num_cpus=3, num_gpus=2, include_dashboard=False)
     try:

@@ -154,8 +154,8 @@ def run_in_process():
     row: saves a Ray start and the imports per run (the kill tests need real processes)."""
     import ray
 
-    from jobs.embed import prepare_job, run_job
-    from jobs.settings import EmbedSettings
+    from jobs.pipeline.job import prepare_job, run_job
+    from jobs.pipeline.settings import EmbedSettings
 
     ray.init(num_cpus=2, include_dashboard=False)
 

@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any
 
 from embedder import Replica, ReplicaSpec
-from jobs import commit, corpus
+from jobs.pipeline import commit, corpus
 
 CALIBRATION_TEXTS = 64
 

@@ -23,8 +23,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs import storage
-from jobs.ipc import pack
+from jobs.pipeline import storage
+from jobs.pipeline.ipc import pack
 
 FINGERPRINT_NAME = "_fingerprint.json"
 META_FINGERPRINT = b"embed.fingerprint"

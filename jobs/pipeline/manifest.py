@@ -8,7 +8,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from jobs import storage
+from jobs.pipeline import storage
 
 MANIFEST_VERSION = 1
 

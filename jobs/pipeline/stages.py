@@ -19,9 +19,9 @@ import pyarrow as pa
 
 from embedder import Replica, ReplicaSpec
 from embedder.outputs import output_vectors, vector_column
-from jobs import commit, corpus, storage
-from jobs.ipc import pack, unpack
-from jobs.placement import ReplicaPlan
+from jobs.pipeline import commit, corpus, storage
+from jobs.pipeline.ipc import pack, unpack
+from jobs.pipeline.placement import ReplicaPlan
 
 log = logging.getLogger("embed")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs import corpus
+from jobs.pipeline import corpus
 
 
 def id_hashes(ids: list[str]) -> np.ndarray:

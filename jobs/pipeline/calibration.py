@@ -13,8 +13,8 @@ from typing import Any
 
 from embedder import Replica, ReplicaSpec
 from embedder.outputs import calibration_ranges
-from jobs import corpus, storage
-from jobs.placement import ReplicaPlan
+from jobs.pipeline import corpus, storage
+from jobs.pipeline.placement import ReplicaPlan
 
 CALIBRATION_NAME = "_calibration.json"
 
