@@ -39,7 +39,7 @@ def default_model() -> str:
 
 def replica_for(source: str, **extra) -> Replica:
     local = Path(source).exists()
-    spec = ReplicaSpec(model_name="check", source=source, source_is_local=local, dim=384, **extra)
+    spec = ReplicaSpec(source=source, source_is_local=local, dim=384, **extra)
     return Replica(spec)
 
 

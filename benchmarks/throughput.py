@@ -68,7 +68,6 @@ def replica_batching(texts: list[str], block_rows: int = 2048, rounds: int = 2) 
     replicas = {
         fixed: Replica(
             ReplicaSpec(
-                model_name=MODEL,
                 source=model_path(),
                 source_is_local=True,
                 dim=384,
@@ -247,8 +246,8 @@ def render(rows, tokens, results, manifests, ray_start, cosines, batching) -> st
         else sizes[16] / t[16]
         for name, t in results.items()
     }
-    replica = manifests[16]["devices"][0]
-    int8 = manifests["int8 16"]["devices"][0]
+    replica = manifests[16]["per_replica"][0]
+    int8 = manifests["int8 16"]["per_replica"][0]
     lines = [
         "# Throughput: this job against bare sentence-transformers and the naive Ray recipe",
         "",

@@ -14,7 +14,6 @@ import numpy as np
 
 from embedder.vectors import truncate_and_normalize
 
-PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 CALIBRATED = ("int8", "uint8")
 
 
@@ -29,10 +28,7 @@ def quantized_column(dim: int, several: bool, precision: str) -> str:
 
 def quantize(vectors: np.ndarray, precision: str, ranges: np.ndarray | None) -> np.ndarray:
     """sentence-transformers' own quantization, with fixed ranges for int8/uint8."""
-    try:
-        from sentence_transformers.util.quantization import quantize_embeddings
-    except ImportError:  # sentence-transformers before 5.x
-        from sentence_transformers.quantization import quantize_embeddings
+    from sentence_transformers.util.quantization import quantize_embeddings
 
     if precision in CALIBRATED and ranges is None:
         raise ValueError(f"{precision} needs calibrated ranges; none were given")

@@ -31,7 +31,6 @@ from embedder.vectors import bad_rows, truncate_and_normalize
 class ReplicaSpec:
     """A small, picklable description of the model to build inside the worker."""
 
-    model_name: str
     source: str
     source_is_local: bool
     dim: int
@@ -60,7 +59,6 @@ class ReplicaSpec:
         batch sizes...): where the weights are, the document prompt, the encode arguments."""
         source, local = model.model_source()
         return cls(
-            model_name=model.name,
             source=source,
             source_is_local=local,
             dim=dim,

@@ -1,6 +1,6 @@
 """Model facts and the truncation policy."""
 
-from registry.policy import PolicyError, TruncationPlan, check_remote_code, plan_truncation
+from registry.policy import PolicyError, Truncation, check_remote_code, check_truncation
 from registry.spec import ModelSpec, Registry, RegistryError
 
 __all__ = [
@@ -8,7 +8,7 @@ __all__ = [
     "PolicyError",
     "Registry",
     "RegistryError",
-    "TruncationPlan",
+    "Truncation",
     "check_remote_code",
-    "plan_truncation",
+    "check_truncation",
 ]

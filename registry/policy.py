@@ -12,8 +12,8 @@ class PolicyError(ValueError):
 
 
 @dataclass(frozen=True)
-class TruncationPlan:
-    """What the run will do to the model's vectors, and how much that is known to be safe."""
+class Truncation:
+    """What the run does to the model's vectors at one dim, and how well that is known."""
 
     dim: int
     truncated: bool
@@ -21,7 +21,7 @@ class TruncationPlan:
     warnings: tuple[str, ...] = ()
 
 
-def plan_truncation(spec: ModelSpec, dim: int | None, allow_non_matryoshka: bool) -> TruncationPlan:
+def check_truncation(spec: ModelSpec, dim: int | None, allow_non_matryoshka: bool) -> Truncation:
     """Check DIM against the model's facts.
 
     - DIM above native: refused, naming the native dim.
@@ -31,7 +31,7 @@ def plan_truncation(spec: ModelSpec, dim: int | None, allow_non_matryoshka: bool
     """
     native = spec.native_dim
     if dim is None or dim == native:
-        return TruncationPlan(dim=native, truncated=False, verified=True)
+        return Truncation(dim=native, truncated=False, verified=True)
     if dim <= 0:
         raise PolicyError(f"DIM must be a positive integer, got {dim}.")
     if dim > native:
@@ -50,7 +50,7 @@ def plan_truncation(spec: ModelSpec, dim: int | None, allow_non_matryoshka: bool
                 f"keep all {native} dims, pick a Matryoshka model, or pass "
                 "--allow-non-matryoshka (EMBED_ALLOW_NON_MATRYOSHKA=1) to truncate anyway."
             )
-        return TruncationPlan(
+        return Truncation(
             dim=dim,
             truncated=True,
             verified=False,
@@ -61,7 +61,7 @@ def plan_truncation(spec: ModelSpec, dim: int | None, allow_non_matryoshka: bool
             ),
         )
     if spec.matryoshka == "unknown":
-        return TruncationPlan(
+        return Truncation(
             dim=dim,
             truncated=True,
             verified=False,
@@ -73,7 +73,7 @@ def plan_truncation(spec: ModelSpec, dim: int | None, allow_non_matryoshka: bool
         )
     if dim not in spec.matryoshka_dims:
         trained = ", ".join(str(d) for d in spec.matryoshka_dims)
-        return TruncationPlan(
+        return Truncation(
             dim=dim,
             truncated=True,
             verified=False,
@@ -83,7 +83,7 @@ def plan_truncation(spec: ModelSpec, dim: int | None, allow_non_matryoshka: bool
                 + cost,
             ),
         )
-    return TruncationPlan(dim=dim, truncated=True, verified=True)
+    return Truncation(dim=dim, truncated=True, verified=True)
 
 
 def check_remote_code(spec: ModelSpec, trust_remote_code: bool, revision: str) -> None:

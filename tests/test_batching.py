@@ -82,7 +82,6 @@ def mixed_length_texts():
 
 def make_replica(model_path, **extra) -> Replica:
     spec = ReplicaSpec(
-        model_name="all-miniLM-l6",
         source=model_path,
         source_is_local=True,
         dim=384,

@@ -23,6 +23,7 @@ MANIFEST_FIELDS = {
     "dtype",
     "devices",
     "replicas",
+    "per_replica",
     "rows_embedded",
     "rows_skipped",
     "rows_rejected",
@@ -96,7 +97,8 @@ def test_manifest_holds_the_design_fields(cli_runs, mixed_corpus, dim):
     assert manifest["rows_skipped"] == 0 and manifest["rows_rejected"] == 0
     assert manifest["normalized"] is True
     assert manifest["truncation_verified"] is (dim == 384)
-    assert manifest["replicas"] == 1 and manifest["devices"][0]["device"] == "cpu"
+    assert manifest["replicas"] == 1 and manifest["per_replica"][0]["device"] == "cpu"
+    assert manifest["devices"] == ["cpu"] and manifest["manifest_version"] == 2
     assert manifest["dtype"] == "fp32"
     assert manifest["settings"]["dim"] == (None if dim == 384 else 128)
 

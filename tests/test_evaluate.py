@@ -11,7 +11,7 @@ import pytest
 
 from jobs.quality.evalsets import code_search_set
 from jobs.quality.evaluation import rank, recommend, score
-from registry import Registry, plan_truncation
+from registry import Registry, check_truncation
 from tests.conftest import REPO, job_env, write_jsonl
 
 
@@ -99,10 +99,10 @@ def test_measured_retention_is_recorded_and_quoted_by_the_truncation_warning():
     spec = Registry.load().get("all-miniLM-l6")
     assert {"256", "128", "64", "32"} <= set(spec.retention)
     assert spec.retention["128"]["recall@10"] < 1.0
-    plan = plan_truncation(spec, 128, allow_non_matryoshka=True)
-    assert "all-miniLM-l6 at 128 dims kept 0.95 of recall@10" in plan.warnings[0]
-    assert "code-search set" in plan.warnings[0]
-    nearest = plan_truncation(spec, 100, allow_non_matryoshka=True)
+    truncation = check_truncation(spec, 128, allow_non_matryoshka=True)
+    assert "all-miniLM-l6 at 128 dims kept 0.95 of recall@10" in truncation.warnings[0]
+    assert "code-search set" in truncation.warnings[0]
+    nearest = check_truncation(spec, 100, allow_non_matryoshka=True)
     assert "at 96 dims (nearest measured)" in nearest.warnings[0]
 
 
@@ -133,7 +133,7 @@ def test_recall_recomputed_with_numpy_matches_the_tool(model_path):
 
     spec = Registry.load().get("all-miniLM-l6")
     replica = Replica(
-        ReplicaSpec(model_name=spec.name, source=model_path, source_is_local=True, dim=384,
+        ReplicaSpec(source=model_path, source_is_local=True, dim=384,
                     device="cpu")
     )  # fmt: skip
     documents, queries = code_search_set(120)

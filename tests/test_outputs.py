@@ -70,7 +70,7 @@ def test_int8_of_one_text_does_not_depend_on_its_batch(model_path):
     from tests.conftest import real_texts
 
     spec = ReplicaSpec(
-        model_name="m", source=model_path, source_is_local=True, dim=384, device="cpu",
+        source=model_path, source_is_local=True, dim=384, device="cpu",
         fixed_shape_batches=True,
     )  # fmt: skip
     replica, other_replica = Replica(spec), Replica(spec)

@@ -8,36 +8,37 @@ import json
 import numpy as np
 import pytest
 
-from jobs.pipeline.placement import PlacementError, plan_replicas
+from jobs.pipeline.placement import PlacementError, place_replicas
 
 
 def test_one_replica_per_gpu_by_default():
-    plan = plan_replicas(cluster_cpus=8, cluster_gpus=2)
-    assert (plan.replicas, plan.gpus_per_replica, plan.cpus_per_replica) == (2, 1, 1)
-    assert plan_replicas(cluster_cpus=64, cluster_gpus=8).replicas == 8
+    placement = place_replicas(cluster_cpus=8, cluster_gpus=2)
+    assert (placement.replicas, placement.gpus_per_replica, placement.cpus_per_replica) == (2, 1, 1)
+    assert place_replicas(cluster_cpus=64, cluster_gpus=8).replicas == 8
 
 
 def test_cpu_replicas_leave_a_cpu_for_io():
-    assert plan_replicas(cluster_cpus=2, cluster_gpus=0) == plan_replicas(2, 0, None, None, None)
-    two_core = plan_replicas(cluster_cpus=2, cluster_gpus=0)
+    assert place_replicas(cluster_cpus=2, cluster_gpus=0) == place_replicas(2, 0, None, None, None)
+    two_core = place_replicas(cluster_cpus=2, cluster_gpus=0)
     assert (two_core.replicas, two_core.gpus_per_replica, two_core.cpus_per_replica) == (1, 0, 1)
-    sixteen = plan_replicas(cluster_cpus=16, cluster_gpus=0)
+    sixteen = place_replicas(cluster_cpus=16, cluster_gpus=0)
     assert sixteen.replicas * sixteen.cpus_per_replica <= 15
     assert (
-        plan_replicas(cluster_cpus=16, cluster_gpus=0, replicas=3, cpus_per_replica=4).replicas == 3
+        place_replicas(cluster_cpus=16, cluster_gpus=0, replicas=3, cpus_per_replica=4).replicas
+        == 3
     )
 
 
 def test_requests_that_cannot_fit_are_refused():
     with pytest.raises(PlacementError, match="leaves|stays free"):
-        plan_replicas(cluster_cpus=2, cluster_gpus=0, replicas=2)
+        place_replicas(cluster_cpus=2, cluster_gpus=0, replicas=2)
     with pytest.raises(PlacementError, match="GPU"):
-        plan_replicas(cluster_cpus=8, cluster_gpus=2, replicas=3)
+        place_replicas(cluster_cpus=8, cluster_gpus=2, replicas=3)
 
 
 def test_gpus_per_replica_zero_forces_cpu_placement():
-    plan = plan_replicas(cluster_cpus=4, cluster_gpus=2, gpus_per_replica=0)
-    assert plan.gpus_per_replica == 0 and not plan.on_gpus
+    placement = place_replicas(cluster_cpus=4, cluster_gpus=2, gpus_per_replica=0)
+    assert placement.gpus_per_replica == 0 and not placement.on_gpus
 
 
 def test_two_logical_gpus_get_two_replicas_each_on_its_own_gpu(
@@ -72,10 +73,10 @@ def test_two_logical_gpus_get_two_replicas_each_on_its_own_gpu(
         ray.shutdown()
     assert code == 0
     assert record["replicas"] == 2
-    visible = sorted(r["cuda_visible_devices"] for r in record["devices"])
+    visible = sorted(r["cuda_visible_devices"] for r in record["per_replica"])
     assert visible == ["0", "1"]
-    assert all(r["device"] == "cpu" and len(r["gpu_ids"]) == 1 for r in record["devices"])
-    assert all(r["rows"] > 0 for r in record["devices"])  # both replicas did some of it
+    assert all(r["device"] == "cpu" and len(r["gpu_ids"]) == 1 for r in record["per_replica"])
+    assert all(r["rows"] > 0 for r in record["per_replica"])  # both replicas did some of it
     assert record["rows_embedded"] == len(mixed_corpus["expected"])
     on_disk = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert on_disk["replicas"] == 2
@@ -126,7 +127,7 @@ def assert_codes_match_a_lone_replica(output, expected, model_path) -> None:
     ids = [i for table in tables.values() for i in table.column("id").to_pylist()]
     threads = torch.get_num_threads()
     spec = ReplicaSpec(
-        model_name="m", source=model_path, source_is_local=True, dim=384, device="cpu",
+        source=model_path, source_is_local=True, dim=384, device="cpu",
         fixed_shape_batches=True, cpu_threads=1,  # as the job's replicas had
     )  # fmt: skip
     try:
@@ -142,7 +143,7 @@ def assert_codes_match_a_lone_replica(output, expected, model_path) -> None:
 
 
 def test_a_lone_cpu_replica_also_encodes_on_the_io_cpu():
-    assert plan_replicas(cluster_cpus=2, cluster_gpus=0).torch_threads == 2
-    assert plan_replicas(cluster_cpus=2, cluster_gpus=0, cpus_per_replica=1).torch_threads == 1
-    several = plan_replicas(cluster_cpus=32, cluster_gpus=0)
+    assert place_replicas(cluster_cpus=2, cluster_gpus=0).torch_threads == 2
+    assert place_replicas(cluster_cpus=2, cluster_gpus=0, cpus_per_replica=1).torch_threads == 1
+    several = place_replicas(cluster_cpus=32, cluster_gpus=0)
     assert several.replicas > 1 and several.torch_threads == several.cpus_per_replica

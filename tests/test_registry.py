@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from registry import PolicyError, Registry, RegistryError, check_remote_code, plan_truncation
+from registry import PolicyError, Registry, RegistryError, check_remote_code, check_truncation
 from registry.spec import ModelSpec
 
 # From ../shared/registry-facts.md, checked against each model's own card (Nov 2026):
@@ -173,8 +173,8 @@ document_prompt = "passage: "
     assert spec.model_source() == (model_path, True)
     assert spec.document_prompt_label() == "passage: "
     assert "all-miniLM-l6" in registry.names()  # the seed stays
-    plan = plan_truncation(spec, 128, allow_non_matryoshka=False)
-    assert plan.truncated and not plan.verified and plan.warnings
+    truncation = check_truncation(spec, 128, allow_non_matryoshka=False)
+    assert truncation.truncated and not truncation.verified and truncation.warnings
 
 
 @pytest.mark.parametrize(
@@ -210,33 +210,42 @@ def spec(matryoshka="none", dims=(), native=384, **extra):
 
 def test_policy_full_dim_is_always_fine():
     for status, dims in (("none", ()), ("unknown", ()), ("confirmed", (128, 384))):
-        plan = plan_truncation(spec(status, dims), None, allow_non_matryoshka=False)
-        assert plan == plan_truncation(spec(status, dims), 384, allow_non_matryoshka=False)
-        assert (plan.dim, plan.truncated, plan.verified, plan.warnings) == (384, False, True, ())
+        truncation = check_truncation(spec(status, dims), None, allow_non_matryoshka=False)
+        assert truncation == check_truncation(spec(status, dims), 384, allow_non_matryoshka=False)
+        assert (truncation.dim, truncation.truncated, truncation.verified, truncation.warnings) == (
+            384,
+            False,
+            True,
+            (),
+        )
 
 
 def test_policy_refuses_dim_above_native_even_when_allowed():
     with pytest.raises(PolicyError, match="native dim 384"):
-        plan_truncation(spec(), 385, allow_non_matryoshka=True)
+        check_truncation(spec(), 385, allow_non_matryoshka=True)
 
 
 def test_policy_none_needs_the_flag_then_warns():
     with pytest.raises(PolicyError, match="--allow-non-matryoshka"):
-        plan_truncation(spec("none"), 128, allow_non_matryoshka=False)
-    plan = plan_truncation(spec("none"), 128, allow_non_matryoshka=True)
-    assert plan.truncated and not plan.verified and "not a Matryoshka model" in plan.warnings[0]
+        check_truncation(spec("none"), 128, allow_non_matryoshka=False)
+    truncation = check_truncation(spec("none"), 128, allow_non_matryoshka=True)
+    assert (
+        truncation.truncated
+        and not truncation.verified
+        and "not a Matryoshka model" in truncation.warnings[0]
+    )
 
 
 def test_policy_unknown_warns_and_is_unverified():
-    plan = plan_truncation(spec("unknown"), 64, allow_non_matryoshka=False)
-    assert not plan.verified and "truncation_verified false" in plan.warnings[0]
+    truncation = check_truncation(spec("unknown"), 64, allow_non_matryoshka=False)
+    assert not truncation.verified and "truncation_verified false" in truncation.warnings[0]
 
 
 def test_policy_confirmed_trusts_trained_dims_and_warns_between_them():
     model = spec("confirmed", (64, 128, 384))
-    assert plan_truncation(model, 128, False).verified
-    assert plan_truncation(model, 128, False).warnings == ()
-    off_list = plan_truncation(model, 200, False)
+    assert check_truncation(model, 128, False).verified
+    assert check_truncation(model, 128, False).warnings == ()
+    off_list = check_truncation(model, 200, False)
     assert not off_list.verified and "64, 128, 384" in off_list.warnings[0]
 
 

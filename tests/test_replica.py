@@ -16,9 +16,7 @@ def texts():
 
 
 def make_replica(model_path, dim=384, **extra) -> Replica:
-    spec = ReplicaSpec(
-        model_name="all-miniLM-l6", source=model_path, source_is_local=True, dim=dim, **extra
-    )
+    spec = ReplicaSpec(source=model_path, source_is_local=True, dim=dim, **extra)
     return Replica(spec)
 
 

@@ -1,8 +1,9 @@
 """`--dry-run`: what a run would do, without starting Ray or writing anything.
 
-Reads every input file once on this machine to count rows and check which blocks OUTPUT already
-holds, then times a short encode of a few pending rows with one replica here to estimate the
-encoding time.
+Reads every input file on this machine, with the same duplicate-id decisions and the same
+block reading and done checks as a run (jobs.pipeline.blocks), to count rows done, to do and
+rejected; then times a short encode of a few pending rows with one replica here to estimate
+the encoding time.
 """
 
 from __future__ import annotations
@@ -12,42 +13,48 @@ from collections import Counter
 from typing import Any
 
 from embedder import Replica, ReplicaSpec
-from jobs.pipeline import commit, corpus
+from jobs.pipeline import commit, duplicates
+from jobs.pipeline.blocks import block_status, read_blocks
 
-CALIBRATION_TEXTS = 64
+# Rows encoded here to time one replica.
+TIMING_SAMPLE_ROWS = 64
 
 
-def plan(job, replica_spec: ReplicaSpec) -> dict[str, Any]:
+def survey(job, replica_spec: ReplicaSpec) -> dict[str, Any]:
+    """Counts a run would report, and an estimate of its encoding time."""
     settings = job.settings
-    options = settings.storage_options
-    columns = corpus.Columns(text=settings.text_column, id=settings.id_column)
-    committed = {} if settings.overwrite else commit.index_committed(job.output, options)
-    fingerprint = commit.fingerprint_id(job.fingerprint)
+    committed = {} if settings.overwrite else job.output.committed_files()
+    fingerprint_id = commit.fingerprint_id(job.fingerprint)
+    excluded = duplicates.find_corpus_duplicates(
+        job.input, job.input_files, job.columns, settings.block_rows, duplicates.scan_here
+    )
     rows_by_collection: Counter[str] = Counter()
     done = todo = rejected = 0
     pending_texts: list[str] = []
-    for shard in job.shards:
-        reader = corpus.ShardReader(shard, columns, settings.block_rows)
-        files = committed.get(shard.digest, [])
-        for table in reader.tables(options):
-            body = table.drop_columns([corpus.BLOCK_COLUMN])
-            label = table.column(corpus.BLOCK_COLUMN)[0].as_py()
-            rows_by_collection.update(body.column("collection").to_pylist())
-            mine = [f for f in files if f.label == label]
-            if commit.block_status(body, mine, fingerprint, options)[1]:
-                done += body.num_rows
+    for input_file in job.input_files:
+        files = committed.get(input_file.path_hash, [])
+        excluded_rows = {int(r): why for r, why in excluded.get(input_file.relpath, {}).items()}
+        for block in read_blocks(
+            job.input, input_file, job.columns, settings.block_rows, excluded_rows
+        ):
+            rejected += len(block.rejections)
+            rows_by_collection.update(block.collections())
+            mine = [f for f in files if f.block_id == block.id]
+            if not block.rows.num_rows:
+                continue
+            if block_status(block, mine, fingerprint_id, job.output).done:
+                done += block.rows.num_rows
             else:
-                todo += body.num_rows
-                if len(pending_texts) < CALIBRATION_TEXTS:
-                    pending_texts += body.column("text").to_pylist()[:CALIBRATION_TEXTS]
-        rejected += len(reader.rejections)
-    estimate = estimate_seconds(replica_spec, pending_texts[:CALIBRATION_TEXTS], todo)
+                todo += block.rows.num_rows
+                if len(pending_texts) < TIMING_SAMPLE_ROWS:
+                    pending_texts += block.rows.column("text").to_pylist()[:TIMING_SAMPLE_ROWS]
+    estimate = estimate_seconds(replica_spec, pending_texts[:TIMING_SAMPLE_ROWS], todo)
     return {
-        "input": job.input,
-        "output": job.output,
-        "model": job.spec.name,
+        "input": job.input.uri,
+        "output": job.output.uri,
+        "model": job.model_spec.name,
         "dims": job.dims,
-        "files": len(job.shards),
+        "files": len(job.input_files),
         "collections": dict(sorted(rows_by_collection.items())),
         "rows_done": done,
         "rows_to_do": todo,
@@ -73,17 +80,17 @@ def estimate_seconds(replica_spec: ReplicaSpec, texts: list[str], rows: int) -> 
     }
 
 
-def describe(planned: dict[str, Any]) -> str:
-    estimate = planned["estimate"]
+def describe(surveyed: dict[str, Any]) -> str:
+    estimate = surveyed["estimate"]
     lines = [
-        f"Dry run: nothing was embedded or written to {planned['output']}.",
-        f"  input files:      {planned['files']} under {planned['input']}",
+        f"Dry run: nothing was embedded or written to {surveyed['output']}.",
+        f"  input files:      {surveyed['files']} under {surveyed['input']}",
         "  collections:      "
-        + ", ".join(f"{name} ({rows} rows)" for name, rows in planned["collections"].items()),
-        f"  rows already done: {planned['rows_done']}",
-        f"  rows to embed:    {planned['rows_to_do']} with {planned['model']} at dims "
-        f"{planned['dims']}",
-        f"  rows rejected:    {planned['rows_rejected']}",
+        + ", ".join(f"{name} ({rows} rows)" for name, rows in surveyed["collections"].items()),
+        f"  rows already done: {surveyed['rows_done']}",
+        f"  rows to embed:    {surveyed['rows_to_do']} with {surveyed['model']} at dims "
+        f"{surveyed['dims']}",
+        f"  rows rejected:    {surveyed['rows_rejected']}",
     ]
     if estimate["rows_per_second"]:
         lines.append(

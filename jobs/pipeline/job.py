@@ -1,54 +1,46 @@
-"""`python -m jobs.embed INPUT OUTPUT MODEL [DIM]`: embed a chunked corpus into partitioned Parquet.
+"""One run of the embedding job, from settings to manifest: every refusal first, then Ray.
 
-Exit codes: 0 every row written or rejected with a reason; 2 refused before any work (bad
-settings, unknown model, truncation policy, unusable INPUT/OUTPUT); 3 more rows rejected than
---max-rejected-fraction allows; 1 the run failed.
+`main` is `python -m jobs.embed`. Exit codes: 0 every row written or rejected with a reason;
+2 refused before any work (bad settings, unknown model, truncation policy, unusable
+INPUT/OUTPUT); 3 more rows rejected than --max-rejected-fraction allows; 1 the run failed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass
 
 from embedder import ReplicaSpec
 from embedder.outputs import CALIBRATED
-from jobs.pipeline import (
-    calibration,
-    commit,
-    corpus,
-    dry_run,
-    duplicates,
-    manifest,
-    storage,
-    summary,
-)
-from jobs.pipeline.placement import PlacementError, ReplicaPlan, plan_replicas
+from jobs.pipeline import calibration, commit, dry_run, duplicates, manifest, summary
+from jobs.pipeline.folders import MANIFEST, InputError, InputFolder, OutputFolder
+from jobs.pipeline.placement import Placement, PlacementError, place_replicas
+from jobs.pipeline.reading import Columns
 from jobs.pipeline.settings import EmbedSettings, SettingsError, describe_config, load_settings
-from jobs.pipeline.stages import PipelineSpec, run_pipeline, work_items
+from jobs.pipeline.stages import StageSpec, run_pipeline, work_items
+from jobs.pipeline.units import InputFile
 from registry import (
     ModelSpec,
     PolicyError,
     Registry,
     RegistryError,
-    TruncationPlan,
+    Truncation,
     check_remote_code,
-    plan_truncation,
+    check_truncation,
 )
 
 log = logging.getLogger("embed")
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_TOO_MANY_REJECTED = 0, 1, 2, 3
 
-
 REFUSALS = (
     SettingsError,
     RegistryError,
     PolicyError,
-    corpus.InputError,
+    InputError,
     commit.FingerprintMismatch,
     PlacementError,
 )
@@ -59,38 +51,67 @@ class Job:
     """A run that passed every check and can start."""
 
     settings: EmbedSettings
-    spec: ModelSpec
-    truncation: TruncationPlan  # for the widest dim
-    dims: list[int]  # widest first
-    plans: list[TruncationPlan]
-    shards: list[corpus.Shard]
-    input: str
-    output: str
-    fingerprint: dict
+    model_spec: ModelSpec
+    truncations: list[Truncation]  # one per dim, widest first
+    input: InputFolder
+    output: OutputFolder
+    input_files: list[InputFile]
 
+    @property
+    def dims(self) -> list[int]:
+        return [t.dim for t in self.truncations]
 
-def absolute_uri(uri: str) -> str:
-    """Local paths become absolute: Ray workers do not share the driver's working directory."""
-    return uri if "://" in uri else os.path.abspath(uri)
+    @property
+    def columns(self) -> Columns:
+        return Columns(text=self.settings.text_column, id=self.settings.id_column)
+
+    @property
+    def max_tokens(self) -> int | None:
+        """--max-tokens, else the registry's: the cap on tokens per text."""
+        return self.settings.max_tokens or self.model_spec.max_tokens
+
+    @property
+    def fingerprint(self) -> dict:
+        """Everything that changes a vector or where it is written: a rerun must match it."""
+        settings, model_spec = self.settings, self.model_spec
+        return {
+            "hf_id": model_spec.hf_id,
+            "revision": settings.revision or model_spec.revision,
+            "dim": self.dims[0],
+            "dims": self.dims,
+            "precision": settings.precision,
+            "prompt": model_spec.document_prompt_label(),
+            "encode_kwargs": model_spec.encode_kwargs,
+            "normalized": True,
+            "dtype": settings.dtype,
+            "max_tokens": self.max_tokens,
+            "text_column": settings.text_column,
+            "id_column": settings.id_column,
+            "drop_text": settings.drop_text,
+            "block_rows": settings.block_rows,
+        }
 
 
 def prepare_job(settings: EmbedSettings) -> Job:
     """Every check that can refuse the run, before Ray starts or anything is written."""
     registry = Registry.load(settings.registry_file)
-    spec = registry.get(settings.model)
-    dims = output_dims(spec, settings)
-    plans = [plan_truncation(spec, dim, settings.allow_non_matryoshka) for dim in dims]
-    check_remote_code(spec, settings.trust_remote_code, settings.revision or spec.revision)
-    for warning in (w for p in plans for w in p.warnings):
+    model_spec = registry.get(settings.model)
+    dims = output_dims(model_spec, settings)
+    truncations = [check_truncation(model_spec, d, settings.allow_non_matryoshka) for d in dims]
+    check_remote_code(
+        model_spec, settings.trust_remote_code, settings.revision or model_spec.revision
+    )
+    for warning in (w for t in truncations for w in t.warnings):
         log.warning("%s", warning)
-    input_uri, output_uri = absolute_uri(settings.input), absolute_uri(settings.output)
-    shards = corpus.plan_shards(input_uri, settings.storage_options)
-    fingerprint = run_fingerprint(spec, dims, settings)
-    prepare_output(output_uri, settings, fingerprint)
-    return Job(settings, spec, plans[0], dims, plans, shards, input_uri, output_uri, fingerprint)
+    input_folder = InputFolder(settings.input, settings.storage_options)
+    output = OutputFolder(settings.output, settings.storage_options)
+    input_files = input_folder.list_files()
+    job = Job(settings, model_spec, truncations, input_folder, output, input_files)
+    prepare_output(job)
+    return job
 
 
-def output_dims(spec: ModelSpec, settings: EmbedSettings) -> list[int]:
+def output_dims(model_spec: ModelSpec, settings: EmbedSettings) -> list[int]:
     """The dims to write, widest first: DIM, or --dims, or the native dim."""
     if settings.dims and settings.dim:
         raise SettingsError("give DIM or --dims (EMBED_DIMS), not both")
@@ -102,7 +123,7 @@ def output_dims(spec: ModelSpec, settings: EmbedSettings) -> list[int]:
         if not dims or min(dims) < 1:
             raise SettingsError(f"--dims must be positive integers, got {settings.dims!r}")
     else:
-        dims = [settings.dim or spec.native_dim]
+        dims = [settings.dim or model_spec.native_dim]
     if settings.precision in ("binary", "ubinary") and any(d % 8 for d in dims):
         raise SettingsError(
             f"--precision {settings.precision} packs 8 dims per byte: every dim must be a "
@@ -111,60 +132,38 @@ def output_dims(spec: ModelSpec, settings: EmbedSettings) -> list[int]:
     return dims
 
 
-def run_fingerprint(spec: ModelSpec, dims: list[int], settings: EmbedSettings) -> dict:
-    """Everything that changes a vector or where it is written: a rerun must match it."""
-    return {
-        "hf_id": spec.hf_id,
-        "revision": settings.revision or spec.revision,
-        "dim": dims[0],
-        "dims": dims,
-        "precision": settings.precision,
-        "prompt": spec.document_prompt_label(),
-        "encode_kwargs": spec.encode_kwargs,
-        "normalized": True,
-        "dtype": settings.dtype,
-        "max_tokens": settings.max_tokens,
-        "text_column": settings.text_column,
-        "id_column": settings.id_column,
-        "drop_text": settings.drop_text,
-        "block_rows": settings.block_rows,
-    }
-
-
-def prepare_output(output_uri: str, settings: EmbedSettings, fingerprint: dict) -> bool:
+def prepare_output(job: Job) -> bool:
     """Clear OUTPUT if asked, then claim it for this fingerprint; True when resuming.
 
     A dry run changes nothing: it only checks that the fingerprint would be accepted.
     """
+    settings, output = job.settings, job.output
     if settings.dry_run:
         if settings.overwrite:
             return False  # the real run would clear OUTPUT first
-        return (
-            commit.claim_output(output_uri, fingerprint, settings.storage_options, False)
-            is not None
-        )
-    if settings.overwrite and storage.folder_has_files(output_uri, settings.storage_options):
-        log.warning("--overwrite: clearing %s", settings.output)
-        storage.clear_folder(output_uri, settings.storage_options)
-    resuming = commit.claim_output(output_uri, fingerprint, settings.storage_options) is not None
+        return commit.claim_output(output, job.fingerprint, write=False) is not None
+    if settings.overwrite and output.has_files():
+        log.warning("--overwrite: clearing %s", output.uri)
+        output.clear()
+    resuming = commit.claim_output(output, job.fingerprint) is not None
     if resuming:
         log.info("OUTPUT holds a run with the same settings: resuming, finished blocks are kept")
     return resuming
 
 
-def replica_spec_for(job: Job, plan: ReplicaPlan) -> ReplicaSpec:
+def replica_spec_for(job: Job, placement: Placement) -> ReplicaSpec:
     settings = job.settings
     return ReplicaSpec.for_model(
-        job.spec,
-        job.truncation.dim,
+        job.model_spec,
+        job.dims[0],
         revision=settings.revision,
         trust_remote_code=settings.trust_remote_code,
-        max_tokens=settings.max_tokens,
+        max_tokens=job.max_tokens,
         device=settings.device,
         dtype=settings.dtype,
         batch_size=settings.batch_size,
         max_batch_tokens=settings.max_batch_tokens,
-        cpu_threads=plan.torch_threads,
+        cpu_threads=placement.torch_threads,
         # Quantized codes are compared across the corpus: a text's codes must not depend on
         # its batch-mates, which float noise from changing batch shapes would break.
         fixed_shape_batches=settings.precision != "float32",
@@ -208,7 +207,7 @@ def run_job(job: Job) -> tuple[dict, int]:
     started_here = start_ray()
     try:
         cpus, gpus, accelerators = cluster_resources()
-        plan = plan_replicas(
+        placement = place_replicas(
             cpus, gpus, settings.replicas, settings.gpus_per_replica, settings.cpus_per_replica
         )
         log.info(
@@ -216,54 +215,48 @@ def run_job(job: Job) -> tuple[dict, int]:
             cpus,
             gpus,
             f" ({accelerators})" if accelerators else "",
-            plan.replicas,
-            plan.gpus_per_replica,
-            plan.cpus_per_replica,
-            len(job.shards),
+            placement.replicas,
+            placement.gpus_per_replica,
+            placement.cpus_per_replica,
+            len(job.input_files),
         )
         t_ray = time.perf_counter()
-        columns = corpus.Columns(text=settings.text_column, id=settings.id_column)
-        excluded = duplicates.scan_corpus(
-            job.shards, columns, settings.block_rows, settings.storage_options
+        excluded = duplicates.find_corpus_duplicates(
+            job.input, job.input_files, job.columns, settings.block_rows
         )
-        replica_spec = replica_spec_for(job, plan)
-        calibrated = None
-        if settings.precision in CALIBRATED:
-            calibrated = calibration.load_or_calibrate(
-                job.output, job.shards, columns, settings.calibration_rows, job.dims,
-                replica_spec, plan, settings.storage_options,
-            )  # fmt: skip
-        committed = commit.index_committed(job.output, settings.storage_options)
+        replica_spec = replica_spec_for(job, placement)
+        calibrated = calibrate_if_quantizing(job, replica_spec, placement)
+        committed = job.output.committed_files()
         t_scan = time.perf_counter()
-        pipeline_spec = PipelineSpec(
+        stage_spec = StageSpec(
+            input=job.input,
             output=job.output,
-            columns=columns,
+            columns=job.columns,
             block_rows=settings.block_rows,
             drop_text=settings.drop_text,
-            storage_options=settings.storage_options,
-            fingerprint=commit.fingerprint_id(job.fingerprint),
+            fingerprint_id=commit.fingerprint_id(job.fingerprint),
             dims=tuple(job.dims),
             precision=settings.precision,
             ranges=calibrated["ranges"] if calibrated else None,
         )
-        items = work_items(job.shards, committed, excluded)
-        counts, replicas = run_pipeline(items, pipeline_spec, replica_spec, plan)
+        items = work_items(job.input_files, committed, excluded)
+        results, replicas = run_pipeline(items, stage_spec, replica_spec, placement)
         t_done = time.perf_counter()
     finally:
         if started_here:
             ray.shutdown()
-    remove_leftovers(job, committed)
-    collections = manifest.count_output_rows(job.output, settings.storage_options)
-    rejections = corpus.read_rejections(job.output, settings.storage_options)
+    tally = manifest.Tally.of(results)
+    for relpath in job.output.remove_stale(tally.current_files()):
+        log.info("removed from OUTPUT, no longer part of the input: %s", relpath)
+    collections = manifest.collection_figures(tally.files, job.output.files())
     record = manifest.build_manifest(
-        spec=job.spec,
-        truncation=job.truncation,
-        plans=job.plans,
+        model_spec=job.model_spec,
+        truncations=job.truncations,
         calibration=calibrated,
         settings_public=settings.public_dict(),
         replicas=replicas,
+        tally=tally,
         collections=collections,
-        rejections=rejections,
         timings={
             "wall_seconds": round(time.perf_counter() - t0, 3),
             "ray_start_seconds": round(t_ray - t0, 3),
@@ -272,27 +265,24 @@ def run_job(job: Job) -> tuple[dict, int]:
             "pipeline_seconds": round(t_done - t_scan, 3),
         },
         started_at=started_at,
-        counts=counts,
     )
-    manifest.write_manifest(job.output, record, settings.storage_options)
+    manifest.write_manifest(job.output, record)
     return record, exit_code_for(record, settings.max_rejected_fraction)
 
 
-def remove_leftovers(job: Job, committed: dict[str, list[commit.CommittedFile]]) -> None:
-    """Output and rejection files of input files that are gone: their rows are no input now."""
-    options = job.settings.storage_options
-    current = {shard.digest for shard in job.shards}
-    for digest, files in committed.items():
-        if digest not in current:
-            for stale in files:
-                log.info("removing output of a deleted input file: %s", stale.path)
-                storage.remove(stale.path, options)
-    keys = {f"{shard.key}.jsonl" for shard in job.shards}
-    fs, rejected = storage.open_fs(storage.join(job.output, storage.REJECTED_DIR), options)
-    if fs.exists(rejected):
-        for path in fs.find(rejected):
-            if path.rsplit("/", 1)[-1] not in keys:
-                fs.rm(path)
+def calibrate_if_quantizing(job: Job, replica_spec: ReplicaSpec, placement: Placement):
+    """int8/uint8 ranges for this OUTPUT (recorded or new); None for other precisions."""
+    settings = job.settings
+    if settings.precision not in CALIBRATED:
+        return None
+    return calibration.load_or_calibrate(
+        job.output,
+        lambda: calibration.sample_texts(
+            job.input, job.input_files, job.columns, settings.calibration_rows, settings.block_rows
+        ),
+        job.dims,
+        calibration.embed_on_ray(replica_spec, placement),
+    )
 
 
 def exit_code_for(record: dict, max_rejected_fraction: float) -> int:
@@ -323,12 +313,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_REFUSED
     if job.settings.dry_run:
-        print(dry_run.describe(dry_run.plan(job, replica_spec_for(job, plan_replicas(2, 0)))))
+        # Timed with the replica this machine would run: a lone CPU replica on two cores.
+        replica_spec = replica_spec_for(job, place_replicas(2, 0))
+        print(dry_run.describe(dry_run.survey(job, replica_spec)))
         return EXIT_OK
     try:
         record, code = run_job(job)
     except PlacementError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_REFUSED
-    print(summary.render(record, storage.join(job.output, storage.MANIFEST_NAME)))
+    print(summary.render(record, job.output.url(MANIFEST)))
     return code

@@ -1,42 +1,75 @@
-"""The run's record: `OUTPUT/_manifest.json`, written last."""
+"""The run's record: `OUTPUT/_manifest.json`, written last.
+
+Version 2 (this code): `per_replica` lists each replica with its device and figures (version 1
+called that list `devices`); `devices` is now the distinct devices the replicas ran on, e.g.
+["cpu"] or ["cuda (NVIDIA H200)"]; `replicas` stays the count. Figures come from what the
+stages reported per block, not from re-reading OUTPUT.
+"""
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow.parquet as pq
+from jobs.pipeline.folders import MANIFEST, OutputFolder
 
-from jobs.pipeline import storage
-
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 
 
-def count_output_rows(output_uri: str, storage_options: dict[str, Any] | None = None):
-    """Rows and bytes per collection, from the Parquet footers actually in OUTPUT."""
-    fs, root = storage.open_fs(output_uri, storage_options)
-    per_collection: dict[str, dict[str, int]] = {}
-    if not fs.exists(root):
-        return per_collection
-    for path in sorted(fs.find(root)):
-        relpath = path[len(root.rstrip("/")) :].lstrip("/")
-        first = relpath.split("/")[0]
-        if not (first.startswith("collection=") and path.endswith(".parquet")):
-            continue
-        with fs.open(path, "rb") as handle:
-            rows = pq.ParquetFile(handle).metadata.num_rows
-        entry = per_collection.setdefault(
-            first.split("=", 1)[1], {"rows": 0, "bytes": 0, "files": 0}
-        )
+@dataclass
+class Tally:
+    """What every envelope of a run reported, added up on the driver (per block, never per
+    row)."""
+
+    rows: int = 0
+    skipped: int = 0
+    embedded: int = 0
+    reused: int = 0
+    files_written: int = 0
+    rejected: int = 0
+    rejected_by_kind: Counter = field(default_factory=Counter)
+    files: dict[str, int] = field(default_factory=dict)  # block file -> rows, written or kept
+    rejection_files: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, results: list[dict[str, Any]]) -> Tally:
+        tally = cls()
+        for result in results:
+            tally.rows += result["rows"]
+            tally.skipped += result["skipped"]
+            tally.embedded += result["embedded"]
+            tally.reused += result["reused"]
+            tally.rejected += result["rejected"]
+            tally.rejected_by_kind.update(dict(result["rejected_by_kind"]))
+            for entry in result["files"]:
+                tally.files[entry["relpath"]] = entry["rows"]
+            if result["written"]:
+                tally.files_written += len(result["files"])
+            if result["rejections_file"]:
+                tally.rejection_files.add(result["rejections_file"])
+        return tally
+
+    def current_files(self) -> set[str]:
+        """Every file in OUTPUT that this run wrote or found done: nothing else is current."""
+        return set(self.files) | self.rejection_files
+
+
+def collection_figures(files: dict[str, int], sizes: dict[str, int]) -> dict[str, dict[str, int]]:
+    """Rows, bytes and files per collection, from the block files' rows and OUTPUT's listing."""
+    figures: dict[str, dict[str, int]] = {}
+    for relpath, rows in sorted(files.items()):
+        committed = OutputFolder.parse_block_file(relpath)
+        entry = figures.setdefault(committed.collection, {"rows": 0, "bytes": 0, "files": 0})
         entry["rows"] += rows
-        entry["bytes"] += fs.size(path)
+        entry["bytes"] += sizes.get(relpath, 0)
         entry["files"] += 1
-    return per_collection
+    return figures
 
 
 def summarize_replicas(replicas: list[dict[str, Any]]) -> dict[str, Any]:
-    """Totals over replicas, and each replica's own rates."""
+    """Totals over replicas, and each replica's own rates (added to each entry)."""
     for replica in replicas:
         encode = replica.get("encode_seconds") or 0.0
         replica["rows_per_second"] = round(replica["rows"] / encode, 2) if encode else 0.0
@@ -52,63 +85,68 @@ def summarize_replicas(replicas: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def device_names(replicas: list[dict[str, Any]]) -> list[str]:
+    """The distinct devices the replicas ran on: "cpu", or "cuda (<GPU name>)"."""
+    return sorted(
+        {f"cuda ({r['gpu_name']})" if r.get("gpu_name") else r["device"] for r in replicas}
+    )
+
+
 def build_manifest(
     *,
-    spec,
-    truncation,
-    plans,
+    model_spec,
+    truncations,
     calibration,
     settings_public: dict[str, Any],
     replicas: list[dict[str, Any]],
+    tally: Tally,
     collections: dict[str, dict[str, int]],
-    rejections: list[dict[str, Any]],
     timings: dict[str, float],
     started_at: dt.datetime,
-    counts: dict[str, int],
 ) -> dict[str, Any]:
     """Everything DESIGN.md promises in the manifest, in one flat, documented dict.
 
     `rows_embedded` counts rows encoded by this run; `rows_skipped` rows already done
     (finished blocks, and unchanged rows of edited blocks whose vectors were reused);
-    `rows_in_output` what OUTPUT holds now, from the Parquet footers.
+    `rows_in_output` what OUTPUT holds now.
     """
     totals = summarize_replicas(replicas)
-    rows_embedded = counts["embedded"]
-    rows_in_output = sum(c["rows"] for c in collections.values())
+    widest = truncations[0]
     wall = timings.get("wall_seconds") or 0.0
     dtypes = sorted({r["dtype"] for r in replicas})
     return {
         "manifest_version": MANIFEST_VERSION,
-        "model": spec.name,
-        "hf_id": spec.hf_id,
-        "revision": settings_public.get("revision") or spec.revision or None,
-        "model_source": "local" if spec.model_source()[1] else "hub",
-        "native_dim": spec.native_dim,
-        "dim": truncation.dim,
-        "dims": [plan.dim for plan in plans],
-        "matryoshka": spec.matryoshka,
-        "matryoshka_dims": list(spec.matryoshka_dims),
-        "truncated": any(plan.truncated for plan in plans),
-        "truncation_verified": all(plan.verified for plan in plans),
-        "warnings": [w for plan in plans for w in plan.warnings],
+        "model": model_spec.name,
+        "hf_id": model_spec.hf_id,
+        "revision": settings_public.get("revision") or model_spec.revision or None,
+        "model_source": "local" if model_spec.model_source()[1] else "hub",
+        "native_dim": model_spec.native_dim,
+        "dim": widest.dim,
+        "dims": [t.dim for t in truncations],
+        "matryoshka": model_spec.matryoshka,
+        "matryoshka_dims": list(model_spec.matryoshka_dims),
+        "truncated": any(t.truncated for t in truncations),
+        "truncation_verified": all(t.verified for t in truncations),
+        "warnings": [w for t in truncations for w in t.warnings],
         "normalized": True,
         "precision": settings_public.get("precision", "float32"),
         "calibration": calibration,
-        "prompt": spec.document_prompt_label() or None,
+        "prompt": model_spec.document_prompt_label() or None,
         "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
-        "devices": replicas,
+        "devices": device_names(replicas),
         "replicas": len(replicas),
-        "rows_embedded": rows_embedded,
-        "rows_skipped": counts["skipped"] + counts["reused"],
-        "rows_in_output": rows_in_output,
-        "rows_rejected": len(rejections),
-        "rejected_by_reason": rejected_by_reason(rejections),
+        "per_replica": replicas,
+        "rows_embedded": tally.embedded,
+        "rows_skipped": tally.skipped + tally.reused,
+        "rows_in_output": sum(c["rows"] for c in collections.values()),
+        "rows_rejected": tally.rejected,
+        "rejected_by_reason": dict(tally.rejected_by_kind.most_common()),
         "rows_truncated_to_max_tokens": totals["rows_truncated_to_max_tokens"],
         "collections": collections,
         "tokens": totals["tokens"],
         "tokens_per_second": round(totals["tokens"] / wall, 2) if wall else 0.0,
-        "rows_per_second": round(rows_embedded / wall, 2) if wall else 0.0,
-        "files_written": counts["files"],
+        "rows_per_second": round(tally.embedded / wall, 2) if wall else 0.0,
+        "files_written": tally.files_written,
         "timings": timings | {"encode_seconds_all_replicas": totals["encode_seconds"]},
         "started_at": started_at.isoformat(timespec="seconds"),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -116,13 +154,5 @@ def build_manifest(
     }
 
 
-def rejected_by_reason(rejections: list[dict[str, Any]]) -> dict[str, int]:
-    """Counts per kind of reason (the part before the first colon)."""
-    counts = collections.Counter(r["reason"].split(":")[0] for r in rejections)
-    return dict(counts.most_common())
-
-
-def write_manifest(output_uri: str, manifest: dict[str, Any], storage_options=None) -> str:
-    uri = storage.join(output_uri, storage.MANIFEST_NAME)
-    storage.write_json_atomic(uri, manifest, storage_options)
-    return uri
+def write_manifest(output: OutputFolder, manifest: dict[str, Any]) -> None:
+    output.write_json(MANIFEST, manifest)

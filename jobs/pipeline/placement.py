@@ -15,7 +15,7 @@ class PlacementError(ValueError):
 
 
 @dataclass(frozen=True)
-class ReplicaPlan:
+class Placement:
     replicas: int
     gpus_per_replica: float
     cpus_per_replica: int
@@ -29,13 +29,13 @@ class ReplicaPlan:
         return self.gpus_per_replica > 0
 
 
-def plan_replicas(
+def place_replicas(
     cluster_cpus: float,
     cluster_gpus: float,
     replicas: int | None = None,
     gpus_per_replica: float | None = None,
     cpus_per_replica: int | None = None,
-) -> ReplicaPlan:
+) -> Placement:
     """One replica per GPU when there are GPUs; otherwise CPU replicas that leave room for I/O."""
     gpus_each = gpus_per_replica if gpus_per_replica is not None else (1 if cluster_gpus else 0)
     if gpus_each > 0:
@@ -45,7 +45,7 @@ def plan_replicas(
                 f"{count or 1} replica(s) x {gpus_each} GPU need more than the cluster's "
                 f"{cluster_gpus:g} GPU(s); lower --replicas or set --gpus-per-replica 0 for CPU."
             )
-        return ReplicaPlan(count, gpus_each, cpus_per_replica or 1, cpus_per_replica or 1)
+        return Placement(count, gpus_each, cpus_per_replica or 1, cpus_per_replica or 1)
     spare = int(cluster_cpus) - CPUS_KEPT_FOR_IO
     threads = cpus_per_replica or max(1, min(MAX_DEFAULT_CPU_THREADS, spare))
     count = replicas or max(1, spare // threads)
@@ -56,4 +56,4 @@ def plan_replicas(
             f"({CPUS_KEPT_FOR_IO} stays free for reading and writing, or the job would hang)."
         )
     shares_io_cpu = count == 1 and cpus_per_replica is None
-    return ReplicaPlan(count, 0, threads, threads + CPUS_KEPT_FOR_IO if shares_io_cpu else threads)
+    return Placement(count, 0, threads, threads + CPUS_KEPT_FOR_IO if shares_io_cpu else threads)

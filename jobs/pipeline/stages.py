@@ -1,9 +1,10 @@
-"""The Ray Data pipeline: shards -> read -> replicas (actor pool) -> Parquet per collection.
+"""The Ray Data pipeline: input files -> read -> replicas (actor pool) -> one Parquet file per
+block and collection. Every stage takes one envelope at a time (jobs.pipeline.envelopes).
 
-Blocks travel through Ray as envelopes: one row per input block, the block itself packed as
-Arrow IPC bytes. Ray Data concatenates and re-slices the tables it batches; blocks of different
-files may disagree on metadata types (a crash when concatenated) and a re-sliced block could
-no longer be written under one deterministic name. An envelope is never split or merged.
+    read_stage     one work item (an input file) in; per block an envelope: done (a count),
+                   or the rows plus any earlier vectors to reuse; then the file's rejections
+    EmbedBatches   the actor pool, one Replica each: vectors for the rows without one
+    write_stage    the block's files written whole; the envelope keeps only figures
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,41 +21,28 @@ import pyarrow as pa
 
 from embedder import Replica, ReplicaSpec
 from embedder.outputs import output_vectors, vector_column
-from jobs.pipeline import commit, corpus, storage
-from jobs.pipeline.ipc import pack, unpack
-from jobs.pipeline.placement import ReplicaPlan
+from jobs.pipeline import commit
+from jobs.pipeline.blocks import Block, block_status, read_blocks
+from jobs.pipeline.envelopes import envelope, pack, to_table, unpack
+from jobs.pipeline.folders import CommittedFile, InputFolder, OutputFolder
+from jobs.pipeline.placement import Placement
+from jobs.pipeline.reading import ROW, ROW_KEY, Columns
+from jobs.pipeline.rejections import count_by_kind
+from jobs.pipeline.units import BlockId, InputFile
 
 log = logging.getLogger("embed")
 
-KEY_COLUMN = "_key"  # in flight: the row's reuse key, stored in the file footer, not as a column
-ENVELOPE_SCHEMA = pa.schema(
-    [
-        ("label", pa.string()),
-        ("digest", pa.string()),
-        ("rows", pa.int64()),
-        ("skipped", pa.int64()),
-        ("embedded", pa.int64()),
-        ("reused", pa.int64()),
-        ("block", pa.binary()),
-        ("reuse", pa.binary()),
-        ("stale", pa.list_(pa.string())),
-    ]
-)
-WRITTEN_SCHEMA = pa.schema(
-    [(name, pa.int64()) for name in ("rows", "skipped", "embedded", "reused", "files")]
-)
-
 
 @dataclass(frozen=True)
-class PipelineSpec:
-    """What the workers need to know, small and picklable."""
+class StageSpec:
+    """What the stages need to know, small and picklable."""
 
-    output: str
-    columns: corpus.Columns
+    input: InputFolder
+    output: OutputFolder
+    columns: Columns
     block_rows: int
     drop_text: bool
-    storage_options: dict[str, Any]
-    fingerprint: str
+    fingerprint_id: str
     dims: tuple[int, ...]  # widest first
     precision: str = "float32"
     ranges: dict[str, Any] | None = None  # int8/uint8 calibration, per dim
@@ -64,95 +53,92 @@ class PipelineSpec:
         return vector_column(self.dims[0], len(self.dims) > 1)
 
 
-def envelope(label: str, digest: str, rows: int, **fields: Any) -> dict[str, Any]:
-    defaults = {"skipped": 0, "embedded": 0, "reused": 0, "block": b"", "reuse": b"", "stale": []}
-    return {"label": label, "digest": digest, "rows": rows, **defaults, **fields}
-
-
-def envelopes_table(items: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(items, schema=ENVELOPE_SCHEMA)
-
-
-def work_items(shards, committed, excluded) -> list[dict[str, str]]:
-    """One item per input file: the shard, its earlier output files, rows to set aside."""
+def work_items(
+    input_files: list[InputFile],
+    committed: dict[str, list[CommittedFile]],
+    excluded: dict[str, dict[str, str]],
+) -> list[dict[str, str]]:
+    """One item per input file: the file, its earlier output files, rows to set aside."""
     items = []
-    for shard in shards:
+    for input_file in input_files:
         work = {
-            "shard": asdict(shard),
-            "committed": [asdict(c) for c in committed.get(shard.digest, [])],
-            "excluded": excluded.get(shard.relpath, {}),
+            "input_file": asdict(input_file),
+            "committed": [
+                [str(c.block_id), c.collection, c.relpath]
+                for c in committed.get(input_file.path_hash, [])
+            ],
+            "excluded": excluded.get(input_file.relpath, {}),
         }
         items.append({"work": json.dumps(work)})
     return items
 
 
-def read_shards(batch: pa.Table, spec: PipelineSpec):
-    """Ray map_batches function: one work item per input file in, one envelope per block out.
-
-    Finished blocks go out as a bare count (skipped); others carry their rows and whatever
-    earlier vectors can be reused. Rejections go to OUTPUT/_rejected/ under a name fixed by
-    the input file; output files of blocks the file no longer has are removed.
-    """
+def read_stage(batch: pa.Table, stage_spec: StageSpec) -> Iterator[pa.Table]:
+    """Ray map_batches function: per block an envelope, then the file's closing envelope."""
     for item in batch.column("work").to_pylist():
         work = json.loads(item)
-        shard = corpus.Shard(**work["shard"])
-        committed = [commit.CommittedFile(**c) for c in work["committed"]]
+        input_file = InputFile(**work["input_file"])
+        committed: dict[BlockId, list[CommittedFile]] = {}
+        for block_id, collection, relpath in work["committed"]:
+            parsed = BlockId.parse(block_id)
+            committed.setdefault(parsed, []).append(CommittedFile(parsed, collection, relpath))
         excluded = {int(row): reason for row, reason in work["excluded"].items()}
-        reader = corpus.ShardReader(shard, spec.columns, spec.block_rows, excluded)
-        produced = set()
-        for table in reader.tables(spec.storage_options):
-            label = table.column(corpus.BLOCK_COLUMN)[0].as_py()
-            produced.add(label)
-            files = [c for c in committed if c.label == label]
-            body = table.drop_columns([corpus.BLOCK_COLUMN])
-            yield envelopes_table([plan_block(label, body, files, spec)])
-        corpus.write_rejections(spec.output, shard, reader.rejections, spec.storage_options)
-        for orphan in (c for c in committed if c.label not in produced):
-            storage.remove(
-                storage.join(spec.output, output_relpath(orphan.collection, orphan.label)),
-                spec.storage_options,
-            )
+        rejections = []
+        for block in read_blocks(
+            stage_spec.input, input_file, stage_spec.columns, stage_spec.block_rows, excluded
+        ):
+            rejections += block.rejections
+            if block.rows.num_rows:
+                yield to_table([block_envelope(block, committed.get(block.id, []), stage_spec)])
+        yield to_table([closing_envelope(input_file, rejections, stage_spec)])
 
 
-def plan_block(label: str, body: pa.Table, files, spec: PipelineSpec) -> dict[str, Any]:
-    digest, done = commit.block_status(body, files, spec.fingerprint, spec.storage_options)
-    if done:
-        return envelope(label, digest, body.num_rows, skipped=body.num_rows)
-    reuse = None
+def block_envelope(block: Block, files: list[CommittedFile], stage_spec: StageSpec) -> dict:
+    """A done block as a count; any other with its rows and whatever earlier vectors fit."""
+    rows = block.rows.num_rows
+    status = block_status(block, files, stage_spec.fingerprint_id, stage_spec.output)
+    if status.done:
+        kept = [
+            {"relpath": OutputFolder.block_file(collection, block.id), "rows": count}
+            for collection, count in block.collections().items()
+        ]
+        return envelope(block_id=str(block.id), rows=rows, skipped=rows, files=kept)
+    earlier = None
     if files:
-        reuse = commit.reusable_vectors(
-            files, spec.fingerprint, spec.reuse_column, spec.storage_options
+        earlier = commit.reusable_vectors(
+            files, stage_spec.fingerprint_id, stage_spec.reuse_column, stage_spec.output
         )
     return envelope(
-        label,
-        digest,
-        body.num_rows,
-        block=pack(body),
-        reuse=pack(reuse) if reuse is not None else b"",
-        stale=[output_relpath(f.collection, f.label) for f in files],
+        block_id=str(block.id),
+        content_hash=status.content_hash,
+        rows=rows,
+        block=pack(block.rows),
+        reuse=pack(earlier) if earlier is not None else b"",
     )
 
 
-def output_relpath(collection: str, label: str) -> str:
-    return f"collection={collection}/part-{label}.parquet"
-
-
-def embedding_column(matrix: np.ndarray) -> pa.FixedSizeListArray:
-    """The declared output type: fixed_size_list<float32>[DIM] (int8/uint8 for quantized
-    columns), not Ray's tensor extension type."""
-    flat = pa.array(np.ascontiguousarray(matrix).reshape(-1))
-    return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1])
+def closing_envelope(input_file: InputFile, rejections, stage_spec: StageSpec) -> dict:
+    """The file's rejections, written to OUTPUT/_rejected/ under a name fixed by the file."""
+    if not rejections:
+        return envelope()
+    relpath = stage_spec.output.write_rejections(input_file, [r.as_record() for r in rejections])
+    return envelope(
+        rejected=len(rejections),
+        rejected_by_kind=list(count_by_kind(rejections).items()),
+        rejections_file=relpath,
+    )
 
 
 class EmbedBatches:
     """Ray actor: holds one Replica for its lifetime and embeds the blocks it is given."""
 
-    def __init__(self, replica_spec: ReplicaSpec, spec: PipelineSpec, stats_actor, on_gpus: bool):
+    def __init__(
+        self, replica_spec: ReplicaSpec, stage_spec: StageSpec, stats_actor, on_gpus: bool
+    ):
         import ray
 
         self.replica = Replica(replica_spec, gpus_assigned=on_gpus)
-        self.dim = replica_spec.dim
-        self.spec = spec
+        self.stage_spec = stage_spec
         self.stats_actor = stats_actor
         self.replica_id = ray.get_runtime_context().get_actor_id()
         self.started = time.time()
@@ -168,38 +154,12 @@ class EmbedBatches:
         self.report()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        items = [self.embed_envelope(item) if item["block"] else item for item in batch.to_pylist()]
+        items = [
+            embed_block(item, self.replica, self.stage_spec) if item["block"] else item
+            for item in batch.to_pylist()
+        ]
         self.report()
-        return envelopes_table(items)
-
-    def embed_envelope(self, item: dict[str, Any]) -> dict[str, Any]:
-        """Vectors for the block's rows: reused where id and text are unchanged, else encoded."""
-        table = unpack(item["block"])
-        texts = table.column("text").to_pylist()
-        keys = commit.row_keys(table.column("id").to_pylist(), texts)
-        reuse = reuse_index(unpack(item["reuse"]), self.dim) if item["reuse"] else {}
-        vectors = np.empty((len(keys), self.dim), dtype=np.float32)
-        todo = [i for i, key in enumerate(keys) if key not in reuse]
-        if todo:
-            vectors[todo] = self.replica.embed([texts[i] for i in todo])
-        for i, key in enumerate(keys):
-            if key in reuse:
-                vectors[i] = reuse[key]
-        columns = output_vectors(
-            vectors, list(self.spec.dims), self.spec.precision, self.spec.ranges
-        )
-        for name, matrix in columns.items():
-            table = table.append_column(name, embedding_column(matrix))
-        table = table.append_column(KEY_COLUMN, pa.array(keys, pa.string()))
-        if self.spec.drop_text:
-            table = table.drop_columns(["text"])
-        embedded = len(todo)
-        return item | {
-            "block": pack(table),
-            "reuse": b"",
-            "embedded": embedded,
-            "reused": len(keys) - embedded,
-        }
+        return to_table(items)
 
     def report(self) -> None:
         # Cumulative figures, so a lost or repeated report cannot skew the totals.
@@ -209,7 +169,45 @@ class EmbedBatches:
         )
 
 
+def embed_block(item: dict[str, Any], replica: Replica, stage_spec: StageSpec) -> dict[str, Any]:
+    """Vectors for the block's rows: reused where id and text are unchanged, else encoded."""
+    table = unpack(item["block"])
+    texts = table.column("text").to_pylist()
+    keys = commit.row_keys(table.column("id").to_pylist(), texts)
+    dim = replica.spec.dim
+    reuse = reuse_index(unpack(item["reuse"]), dim) if item["reuse"] else {}
+    vectors = np.empty((len(keys), dim), dtype=np.float32)
+    todo = [i for i, key in enumerate(keys) if key not in reuse]
+    if todo:
+        vectors[todo] = replica.embed([texts[i] for i in todo])
+    for i, key in enumerate(keys):
+        if key in reuse:
+            vectors[i] = reuse[key]
+    columns = output_vectors(
+        vectors, list(stage_spec.dims), stage_spec.precision, stage_spec.ranges
+    )
+    for name, matrix in columns.items():
+        table = table.append_column(name, embedding_column(matrix))
+    table = table.append_column(ROW_KEY, pa.array(keys, pa.string()))
+    if stage_spec.drop_text:
+        table = table.drop_columns(["text"])
+    return item | {
+        "block": pack(table),
+        "reuse": b"",
+        "embedded": len(todo),
+        "reused": len(keys) - len(todo),
+    }
+
+
+def embedding_column(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    """The declared output type: fixed_size_list<float32>[DIM] (int8/uint8 for quantized
+    columns), not Ray's tensor extension type."""
+    flat = pa.array(np.ascontiguousarray(matrix).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1])
+
+
 def reuse_index(table: pa.Table, dim: int) -> dict[str, np.ndarray]:
+    """Earlier vectors by row key; none when they have another width."""
     column = table.column("embedding").combine_chunks()
     if column.type.list_size != dim:
         return {}
@@ -217,37 +215,33 @@ def reuse_index(table: pa.Table, dim: int) -> dict[str, np.ndarray]:
     return dict(zip(table.column("key").to_pylist(), matrix))
 
 
-def write_blocks(batch: pa.Table, spec: PipelineSpec) -> pa.Table:
-    """Ray map_batches function: commit each embedded block, one Parquet file per collection.
-
-    The footer of each file says which fingerprint and content made it (see jobs.commit).
-    Files of the block's earlier version that this version no longer has are removed after
-    the new ones are in place.
-    """
-    summary = []
+def write_stage(batch: pa.Table, stage_spec: StageSpec) -> pa.Table:
+    """Ray map_batches function: commit each embedded block, one Parquet file per collection."""
+    items = []
     for item in batch.to_pylist():
-        files = write_block(item, spec) if item["block"] else []
-        summary.append({name: item[name] for name in ("rows", "skipped", "embedded", "reused")})
-        summary[-1]["files"] = len(files)
-    return pa.Table.from_pylist(summary, schema=WRITTEN_SCHEMA)
+        if item["block"]:
+            item = item | {"files": write_block(item, stage_spec), "written": True, "block": b""}
+        items.append(item)
+    return to_table(items)
 
 
-def write_block(item: dict[str, Any], spec: PipelineSpec) -> list[str]:
+def write_block(item: dict[str, Any], stage_spec: StageSpec) -> list[dict[str, Any]]:
+    """The block's files, one per collection, each footer saying which fingerprint and
+    content made it (jobs.pipeline.commit); returns each file with its rows."""
     block = unpack(item["block"])
+    block_id = BlockId.parse(item["block_id"])
     groups = rows_per_collection(block)
     written = []
-    for collection, rows in groups.items():
-        part = block.take(pa.array(rows))
-        keys = part.column(KEY_COLUMN).to_pylist()
-        part = part.drop_columns(["collection", corpus.ROW_COLUMN, KEY_COLUMN])
+    for collection, positions in groups.items():
+        part = block.take(pa.array(positions))
+        keys = part.column(ROW_KEY).to_pylist()
+        part = part.drop_columns(["collection", ROW, ROW_KEY])
         part = part.replace_schema_metadata(
-            commit.file_metadata(spec.fingerprint, item["digest"], len(groups), keys)
+            commit.footer(stage_spec.fingerprint_id, item["content_hash"], len(groups), keys)
         )
-        relpath = output_relpath(collection, item["label"])
-        storage.write_parquet_atomic(storage.join(spec.output, relpath), part, spec.storage_options)
-        written.append(relpath)
-    for relpath in set(item["stale"]) - set(written):
-        storage.remove(storage.join(spec.output, relpath), spec.storage_options)
+        relpath = OutputFolder.block_file(collection, block_id)
+        stage_spec.output.write_parquet(relpath, part)
+        written.append({"relpath": relpath, "rows": part.num_rows})
     return written
 
 
@@ -280,39 +274,44 @@ def stats_collector_class():
 
 def run_pipeline(
     items: list[dict[str, str]],
-    spec: PipelineSpec,
+    stage_spec: StageSpec,
     replica_spec: ReplicaSpec,
-    plan: ReplicaPlan,
-) -> tuple[dict[str, int], list[dict[str, Any]]]:
-    """Run every work item to committed Parquet; returns row counts and per-replica figures."""
+    placement: Placement,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run every work item to committed Parquet; returns every envelope's figures and each
+    replica's own."""
     import ray
     import ray.data
 
     stats = stats_collector_class().remote()
     dataset = ray.data.from_items(items, override_num_blocks=len(items))
     dataset = dataset.map_batches(
-        read_shards, batch_size=1, batch_format="pyarrow", fn_kwargs={"spec": spec}
+        read_stage, batch_size=1, batch_format="pyarrow", fn_kwargs={"stage_spec": stage_spec}
     )
     dataset = dataset.map_batches(
         EmbedBatches,
         batch_size=1,  # one envelope = one input block of up to block_rows texts
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=plan.replicas),
-        num_gpus=plan.gpus_per_replica,
-        num_cpus=plan.cpus_per_replica,
+        compute=ray.data.ActorPoolStrategy(size=placement.replicas),
+        num_gpus=placement.gpus_per_replica,
+        num_cpus=placement.cpus_per_replica,
         fn_constructor_kwargs={
             "replica_spec": replica_spec,
-            "spec": spec,
+            "stage_spec": stage_spec,
             "stats_actor": stats,
-            "on_gpus": plan.on_gpus,
+            "on_gpus": placement.on_gpus,
         },
     )
     dataset = dataset.map_batches(
-        write_blocks, batch_size=1, batch_format="pyarrow", fn_kwargs={"spec": spec}
+        write_stage, batch_size=1, batch_format="pyarrow", fn_kwargs={"stage_spec": stage_spec}
     )
-    written = dataset.take_all()
+    results = dataset.take_all()
     replicas = ray.get(stats.summary.remote())
     ray.kill(stats)
-    counts = {name: sum(row[name] for row in written) for name in WRITTEN_SCHEMA.names}
-    log.info("blocks: %d; files written: %d", len(written), counts["files"])
-    return counts, replicas
+    log.info("blocks: %d; files written: %d", *blocks_and_files_written(results))
+    return results, replicas
+
+
+def blocks_and_files_written(results: list[dict[str, Any]]) -> tuple[int, int]:
+    blocks = sum(1 for r in results if r["block_id"])
+    return blocks, sum(len(r["files"]) for r in results if r["written"])

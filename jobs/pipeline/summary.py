@@ -7,7 +7,7 @@ from typing import Any
 
 def render(record: dict[str, Any], manifest_uri: str) -> str:
     timings = record["timings"]
-    encoding = max((r["encode_seconds"] for r in record["devices"]), default=0.0)
+    encoding = max((r["encode_seconds"] for r in record["per_replica"]), default=0.0)
     start_up = timings["ray_start_seconds"] + timings["preparation_seconds"]
     other = max(0.0, timings["wall_seconds"] - start_up - encoding)
     lines = [
@@ -23,7 +23,7 @@ def render(record: dict[str, Any], manifest_uri: str) -> str:
         "",
         "  replica   device  dtype  rows      rows/s   tokens/s  encoding share  padding",
     ]
-    for replica in record["devices"]:
+    for replica in record["per_replica"]:
         device = replica["device"] + (f" {replica['gpu_name']}" if replica["gpu_name"] else "")
         lines.append(
             f"  {replica['replica_id'][:8]}  {device:<6}  {replica['dtype']:<5}  "

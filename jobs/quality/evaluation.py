@@ -21,7 +21,9 @@ import numpy as np
 
 from embedder import Replica, ReplicaSpec
 from embedder.vectors import truncate_and_normalize
-from jobs.pipeline import corpus as corpus_io
+from jobs.pipeline.blocks import read_blocks
+from jobs.pipeline.folders import InputFolder
+from jobs.pipeline.reading import Columns
 from jobs.quality import evalsets
 from registry import Registry, RegistryError
 
@@ -39,12 +41,13 @@ def default_dims(spec) -> list[int]:
 def load_labelled_set(corpus_dir: str, queries_file: str) -> tuple[list[dict], list[dict]]:
     """Documents in the job's input format and queries as {"query", "relevant": [ids]}."""
     documents = []
-    for shard in corpus_io.plan_shards(corpus_dir):
-        reader = corpus_io.ShardReader(shard, corpus_io.Columns(), block_rows=10**9)
-        for table in reader.tables():
+    folder = InputFolder(corpus_dir)
+    for input_file in folder.list_files():
+        for block in read_blocks(folder, input_file, Columns(), block_rows=10**9):
+            rows = block.rows
             documents += [
                 {"id": i, "text": t}
-                for i, t in zip(table.column("id").to_pylist(), table.column("text").to_pylist())
+                for i, t in zip(rows.column("id").to_pylist(), rows.column("text").to_pylist())
             ]
     queries = [json.loads(line) for line in Path(queries_file).read_text().splitlines() if line]
     return documents, queries

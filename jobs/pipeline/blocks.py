@@ -1,0 +1,140 @@
+"""An input file as blocks, and what each block needs: shared by the pipeline and the dry run.
+
+`read_blocks` reads, validates and cuts a file into blocks, each with the rejections of its own
+rows, so that whoever stops reading early loses nothing it did not ask for. `block_status` says
+whether OUTPUT already holds a block done (jobs.pipeline.commit decides).
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from jobs.pipeline import commit
+from jobs.pipeline.folders import CommittedFile, InputFolder, OutputFolder
+from jobs.pipeline.reading import ROW, Columns, read_rows
+from jobs.pipeline.rejections import Rejection, unreadable
+from jobs.pipeline.units import BlockId, InputFile
+from jobs.pipeline.validation import validate
+
+# What a file that cannot be read (any more) raises: corrupt gzip or Parquet, a cut stream.
+READ_ERRORS = (OSError, EOFError, pa.ArrowException, gzip.BadGzipFile)
+# The rows of a block whose every row was rejected.
+NO_ROWS = pa.schema(
+    [("id", pa.string()), ("text", pa.string()), ("collection", pa.string()), (ROW, pa.int64())]
+).empty_table()
+
+
+@dataclass
+class Block:
+    """One block of an input file: its valid rows and the rejections of its other rows."""
+
+    id: BlockId
+    rows: pa.Table  # id, text, collection, metadata..., _row; may have no rows
+    rejections: list[Rejection] = field(default_factory=list)
+
+    def collections(self) -> dict[str, int]:
+        """Rows per collection, in order of first appearance."""
+        counts: dict[str, int] = {}
+        for name in self.rows.column("collection").to_pylist():
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
+
+def read_blocks(
+    folder: InputFolder,
+    input_file: InputFile,
+    columns: Columns,
+    block_rows: int,
+    excluded: dict[int, str] | None = None,
+) -> Iterator[Block]:
+    """Every block of the file that has valid rows or rejections, in row order.
+
+    A file that fails to read part way is cut there: the blocks before are handed on, and one
+    last block carries a single rejection that covers the rest of the file.
+    """
+    pending = _PendingBlocks(input_file, block_rows)
+    try:
+        for batch in read_rows(folder, input_file, columns, block_rows):
+            valid, rejections = validate(batch, input_file, excluded)
+            pending.add(valid, rejections)
+            yield from pending.completed(batch.end_row)
+    except READ_ERRORS as err:
+        yield pending.cut_short(err)
+        return
+    yield from pending.completed(None)
+
+
+class _PendingBlocks:
+    """Rows and rejections of blocks not yet complete (a Parquet batch may straddle blocks)."""
+
+    def __init__(self, input_file: InputFile, block_rows: int):
+        self.input_file = input_file
+        self.block_rows = block_rows
+        self.tables: dict[int, list[pa.Table]] = {}
+        self.rejections: dict[int, list[Rejection]] = {}
+        self.handed_on = 0  # every row before this belongs to a block already handed on
+
+    def add(self, valid: pa.Table, rejections: list[Rejection]) -> None:
+        # Rows come in row order, so each block's rows are one contiguous slice.
+        starts = valid.column(ROW).to_numpy() // self.block_rows * self.block_rows
+        blocks, firsts, counts = np.unique(starts, return_index=True, return_counts=True)
+        for start, first, count in zip(blocks.tolist(), firsts.tolist(), counts.tolist()):
+            self.tables.setdefault(start, []).append(valid.slice(first, count))
+        for rejection in rejections:
+            start = rejection.row // self.block_rows * self.block_rows
+            self.rejections.setdefault(start, []).append(rejection)
+
+    def completed(self, end_row: int | None) -> Iterator[Block]:
+        """Blocks wholly before end_row (None: all of them), in order."""
+        for start in sorted(set(self.tables) | set(self.rejections)):
+            if end_row is not None and start + self.block_rows > end_row:
+                break
+            yield self._block(start)
+        if end_row is not None:
+            self.handed_on = max(self.handed_on, end_row // self.block_rows * self.block_rows)
+
+    def cut_short(self, err: BaseException) -> Block:
+        """The block that records the rest of the file as unreadable."""
+        first = self.handed_on
+        self.tables.clear()
+        self.rejections.clear()
+        rejection = Rejection.of(self.input_file.relpath, first, unreadable(first, err))
+        return Block(self.input_file.block_of(first, self.block_rows), NO_ROWS, [rejection])
+
+    def _block(self, start: int) -> Block:
+        tables = self.tables.pop(start, [])
+        rows = compact(pa.concat_tables(tables)) if tables else NO_ROWS
+        rejections = self.rejections.pop(start, [])
+        return Block(BlockId(self.input_file.path_hash, start), rows, rejections)
+
+
+def compact(table: pa.Table) -> pa.Table:
+    """A copy that holds only its own rows. A slice keeps its parent's buffers, and Arrow IPC
+    of a sliced string column can carry bytes of the rows after it: the block's content hash
+    (and the envelope's size) would then depend on its neighbours."""
+    return table.take(pa.array(range(table.num_rows), pa.int64()))
+
+
+@dataclass(frozen=True)
+class BlockStatus:
+    """Whether OUTPUT holds a block done, and the content hash its files must carry."""
+
+    content_hash: str
+    done: bool
+
+
+def block_status(
+    block: Block, committed: list[CommittedFile], fingerprint_id: str, output: OutputFolder
+) -> BlockStatus:
+    """Done when all the block's files are there, made by this fingerprint from this content."""
+    content_hash = commit.content_hash(block.rows)
+    parts = len(block.collections())
+    done = bool(committed) and commit.is_block_done(
+        committed, fingerprint_id, content_hash, parts, output
+    )
+    return BlockStatus(content_hash, done)

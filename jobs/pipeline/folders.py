@@ -1,0 +1,292 @@
+"""INPUT and OUTPUT: the only places that touch storage.
+
+Each folder resolves its fsspec filesystem and root once per process (datatrove's `DataFolder`
+is the model) and is small enough to ship to Ray workers, which resolve it again on their side.
+Nothing else in the job builds a path or takes storage options. `OutputFolder` alone knows
+OUTPUT's layout:
+
+    _fingerprint.json                       this OUTPUT's settings (jobs.pipeline.commit)
+    _calibration.json                       int8/uint8 ranges (jobs.pipeline.calibration)
+    _manifest.json                          the last finished run (jobs.pipeline.manifest)
+    _rejected/<path hash>-<stem>.jsonl      rejections, one list per input file that has any
+    collection=<c>/part-<block id>.parquet  one file per block and collection
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+import fsspec
+
+from jobs.pipeline.units import BlockId, InputFile, file_format
+
+DEFAULT_COLLECTION = "default"
+MANIFEST = "_manifest.json"
+FINGERPRINT = "_fingerprint.json"
+CALIBRATION = "_calibration.json"
+REJECTED = "_rejected"
+COLLECTION_PREFIX = "collection="
+# Local files are written under this dot-name first: readers that glob *.parquet skip it.
+TEMP_MARK = ".tmp-"
+
+
+class InputError(ValueError):
+    """INPUT cannot be used at all (missing, not a folder, no corpus files)."""
+
+
+class Folder:
+    """A folder on any fsspec storage, given as a local path or a URI."""
+
+    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None):
+        # Local paths become absolute: Ray workers do not share the driver's working directory.
+        self.uri = uri if "://" in uri else os.path.abspath(uri)
+        self.storage_options = dict(storage_options or {})
+        self._resolved: tuple[Any, str] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A worker resolves the filesystem itself (its own connections, its own caches).
+        return {**self.__dict__, "_resolved": None}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+    def _filesystem(self) -> tuple[Any, str]:
+        if self._resolved is None:
+            fs, root = fsspec.core.url_to_fs(self.uri, **self.storage_options)
+            self._resolved = fs, root.rstrip("/")
+        return self._resolved
+
+    @property
+    def fs(self):
+        """The filesystem, with listing caches dropped: other processes (Ray workers) write
+        here too, and a cached listing of an object store would hide their files."""
+        fs, _ = self._filesystem()
+        fs.invalidate_cache()
+        return fs
+
+    @property
+    def root(self) -> str:
+        return self._filesystem()[1]
+
+    @property
+    def is_local(self) -> bool:
+        fs, _ = self._filesystem()
+        protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+        return "file" in protocols or "local" in protocols
+
+    def path(self, relpath: str = "") -> str:
+        """The filesystem path of a file given relative to this folder."""
+        return posixpath.join(self.root, relpath) if relpath else self.root
+
+    def url(self, relpath: str = "") -> str:
+        """How a file is named to the user: the folder's URI joined with the relative path."""
+        return posixpath.join(self.uri.rstrip("/"), relpath) if relpath else self.uri
+
+    def relative(self, path: str) -> str:
+        return path[len(self.root) :].lstrip("/")
+
+    def exists(self, relpath: str = "") -> bool:
+        return self.fs.exists(self.path(relpath))
+
+    def open(self, relpath: str, mode: str = "rb", **kwargs) -> IO:
+        return self.fs.open(self.path(relpath), mode, **kwargs)
+
+    def files(self) -> dict[str, int]:
+        """Every file under the folder, at any depth: relative path -> size in bytes."""
+        fs = self.fs
+        if not fs.exists(self.root):
+            return {}
+        found = fs.find(self.root, detail=True)
+        return {
+            self.relative(path): int(info.get("size") or 0)
+            for path, info in found.items()
+            if info.get("type", "file") != "directory"
+        }
+
+
+class InputFolder(Folder):
+    """INPUT: a corpus of JSON Lines and Parquet files at any depth."""
+
+    def list_files(self) -> list[InputFile]:
+        """Every corpus file, in a stable order (sorted by path).
+
+        A file's collection is its first folder under INPUT; files directly in INPUT belong to
+        `default`. Folders and files starting with "." or "_" are skipped (hidden, or job
+        output).
+        """
+        fs = self.fs
+        if not fs.exists(self.root):
+            raise InputError(f"INPUT {self.uri!r} does not exist")
+        if not fs.isdir(self.root):
+            raise InputError(f"INPUT {self.uri!r} is not a folder")
+        found = []
+        for path in sorted(fs.find(self.root)):
+            parts = self.relative(path).split("/")
+            if any(part.startswith((".", "_")) for part in parts):
+                continue
+            fmt = file_format(parts[-1])
+            if fmt is not None:
+                collection = parts[0] if len(parts) > 1 else DEFAULT_COLLECTION
+                found.append(InputFile("/".join(parts), collection, fmt))
+        if not found:
+            raise InputError(
+                f"INPUT {self.uri!r} holds no corpus files (looked for *.jsonl, *.jsonl.gz, "
+                "*.json, *.json.gz and *.parquet)"
+            )
+        return found
+
+    def open_input(self, input_file: InputFile) -> IO[bytes]:
+        """A binary stream of the file's content, gzip undone by its suffix."""
+        compression = "infer" if input_file.fmt == "jsonl" else None
+        return self.open(input_file.relpath, "rb", compression=compression)
+
+
+@dataclass(frozen=True)
+class CommittedFile:
+    """One block's output file, as found in OUTPUT before the run."""
+
+    block_id: BlockId
+    collection: str
+    relpath: str
+
+
+class OutputFolder(Folder):
+    """OUTPUT: the only code that knows its layout (module docstring)."""
+
+    # -- whole files, written atomically --------------------------------------------------
+
+    def write_bytes(self, relpath: str, data: bytes) -> None:
+        """Readers see the old file or the whole new one, never half of it.
+
+        Local files go through a dot-named temp file, fsync and rename; an object store PUT is
+        already all-or-nothing.
+        """
+        path = self.path(relpath)
+        if not self.is_local:
+            self.fs.pipe_file(path, data)
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        temp = os.path.join(
+            os.path.dirname(path), f".{os.path.basename(path)}{TEMP_MARK}{os.getpid()}"
+        )
+        with open(temp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+
+    def write_json(self, relpath: str, payload: Any) -> None:
+        text = json.dumps(payload, indent=2, default=str) + "\n"
+        self.write_bytes(relpath, text.encode("utf-8"))
+
+    def read_json(self, relpath: str) -> Any | None:
+        """The parsed file, or None when it is not there."""
+        if not self.exists(relpath):
+            return None
+        with self.open(relpath, "rt", encoding="utf-8") as handle:
+            return json.load(handle)
+
+    def write_parquet(self, relpath: str, table) -> None:
+        """Write a table as one Parquet file that readers see whole or not at all."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        self.write_bytes(relpath, sink.getvalue().to_pybytes())
+
+    def remove(self, relpath: str) -> None:
+        """Delete one file if it is there."""
+        path = self.path(relpath)
+        fs = self.fs
+        if fs.exists(path):
+            fs.rm(path)
+
+    def has_files(self) -> bool:
+        return bool(self.files())
+
+    def clear(self) -> None:
+        """Remove OUTPUT and everything in it."""
+        fs = self.fs
+        if fs.exists(self.root):
+            fs.rm(self.root, recursive=True)
+
+    # -- block files -----------------------------------------------------------------------
+
+    @staticmethod
+    def block_file(collection: str, block_id: BlockId) -> str:
+        return f"{COLLECTION_PREFIX}{collection}/{block_id.file_name()}"
+
+    @staticmethod
+    def parse_block_file(relpath: str) -> CommittedFile | None:
+        """The block and collection of a block file's relative path; None for any other."""
+        parts = relpath.split("/")
+        if len(parts) != 2 or not parts[0].startswith(COLLECTION_PREFIX):
+            return None
+        block_id = BlockId.from_file_name(parts[1])
+        if block_id is None:
+            return None
+        return CommittedFile(block_id, parts[0][len(COLLECTION_PREFIX) :], relpath)
+
+    def committed_files(self) -> dict[str, list[CommittedFile]]:
+        """The block files in OUTPUT by input file (path hash), from one listing."""
+        found: dict[str, list[CommittedFile]] = {}
+        for relpath in sorted(self.files()):
+            committed = self.parse_block_file(relpath)
+            if committed is not None:
+                found.setdefault(committed.block_id.path_hash, []).append(committed)
+        return found
+
+    # -- rejections ------------------------------------------------------------------------
+
+    @staticmethod
+    def rejections_file(input_file: InputFile) -> str:
+        return f"{REJECTED}/{input_file.rejections_name}"
+
+    def write_rejections(self, input_file: InputFile, records: list[dict[str, Any]]) -> str:
+        """One JSONL file per input file, named by the file, so a retry overwrites it."""
+        relpath = self.rejections_file(input_file)
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        self.write_bytes(relpath, lines.encode("utf-8"))
+        return relpath
+
+    def read_rejections(self) -> Iterator[dict[str, Any]]:
+        """Every rejection record under _rejected/, file by file."""
+        for relpath in sorted(self.files()):
+            if relpath.startswith(f"{REJECTED}/") and relpath.endswith(".jsonl"):
+                with self.open(relpath, "rt", encoding="utf-8") as handle:
+                    yield from (json.loads(line) for line in handle if line.strip())
+
+    # -- what is stale ---------------------------------------------------------------------
+
+    def remove_stale(self, keep: set[str]) -> list[str]:
+        """Remove every block file, rejection list and leftover temp file not in `keep`.
+
+        Called once, after every block is committed, with the files this run wrote or found
+        done. What goes: output of blocks an input file no longer has, of input files that are
+        gone, files of a collection a redone block no longer has, rejection lists of files
+        without rejections now, and temp files of writes that a crash interrupted.
+        """
+        stale = [
+            relpath
+            for relpath in sorted(self.files())
+            if relpath not in keep and self.is_job_file(relpath)
+        ]
+        fs = self.fs
+        for relpath in stale:
+            fs.rm(self.path(relpath))
+        return stale
+
+    def is_job_file(self, relpath: str) -> bool:
+        """A file that this job writes per block or per input file (not the run's records)."""
+        name = relpath.rsplit("/", 1)[-1]
+        if name.startswith(".") and TEMP_MARK in name:
+            return True
+        if relpath.startswith(f"{REJECTED}/"):
+            return name.endswith(".jsonl")
+        return self.parse_block_file(relpath) is not None
