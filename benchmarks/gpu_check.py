@@ -1,4 +1,4 @@
-"""`python benchmarks/gpu_check.py [MODEL_PATH_OR_ID]`: the replica on a real NVIDIA GPU, no Ray.
+"""`python -m benchmarks.gpu_check [MODEL_PATH_OR_ID]`: the replica on a real NVIDIA GPU, no Ray.
 
 A GPU box may have torch and sentence-transformers but not Ray; this needs neither Ray nor the
 rest of the job. It checks, on the GPU it finds:
@@ -9,7 +9,7 @@ rest of the job. It checks, on the GPU it finds:
   5. throughput of the replica against bare `encode` in fp16 on the same GPU;
   6. fixed-shape batches (used whenever the job quantizes): are a text's floats bitwise the
      same in other batch compositions on this GPU, and what do they cost in throughput?
-Run it from the repository root; it prints one JSON report.
+Run it from the repository root (no install needed); it prints one JSON report.
 """
 
 from __future__ import annotations
@@ -19,13 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks.corpus import sample, stdlib_chunks  # noqa: E402
-from embedder import Replica, ReplicaSpec  # noqa: E402
+from benchmarks.corpus import sample, stdlib_chunks
+from embedder import Replica, ReplicaSpec
+from embedder.faults import turn_one_batch_to_nan
 
 
 def default_model() -> str:
@@ -87,17 +86,7 @@ def main() -> None:
 
     # NaN guard: one micro-batch's output is forced to NaN once.
     guarded = replica_for(source, device="cuda", dtype="fp16")
-    fired = {"done": False}
-
-    def nan_once(module, inputs, output):
-        if not fired["done"]:
-            fired["done"] = True
-            output["sentence_embedding"] = torch.full_like(
-                output["sentence_embedding"], float("nan")
-            )
-        return output
-
-    guarded.model.register_forward_hook(nan_once)
+    turn_one_batch_to_nan(guarded)
     vectors = guarded.embed(texts[:300])
     report["nan_redone_rows"] = guarded.stats.nan_redone_rows
     report["nan_output_all_finite"] = bool(np.isfinite(vectors).all())

@@ -4,46 +4,101 @@ from __future__ import annotations
 
 import importlib
 import tomllib
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
 
 SEED_FILE = Path(__file__).with_name("models.toml")
-MATRYOSHKA_STATUSES = ("confirmed", "unknown", "none")
-BACKENDS = ("torch", "onnx", "openvino")
+Matryoshka = Literal["confirmed", "unknown", "none"]
+Backend = Literal["torch", "onnx", "openvino"]
+Retention = dict[str, dict[str, StrictFloat]]  # a whole number (1) is a float too
 
 
 class RegistryError(ValueError):
     """A registry file or a model name that cannot be used."""
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything the job must know about one model before it loads it."""
+class ModelSpec(BaseModel):
+    """Everything the job must know about one model before it loads it.
 
-    name: str
-    hf_id: str
-    native_dim: int
-    matryoshka: str
-    matryoshka_dims: tuple[int, ...] = ()
-    max_tokens: int | None = None
-    revision: str = ""
-    document_prompt: str = ""
-    document_prompt_name: str = ""
-    query_prompt: str = ""
-    query_prompt_name: str = ""
-    encode_kwargs: dict[str, Any] = field(default_factory=dict)
-    pooling: str = ""
-    trust_remote_code: bool = False
-    card_dtype: str = ""
-    params: str = ""
-    license: str = ""
-    backend: str = "torch"
-    local_package: str = ""
-    path: str = ""
-    notes: str = ""
-    retention: dict[str, dict[str, float]] = field(default_factory=dict)
-    retention_set: str = ""
+    Every field is typed strictly (a TOML `max_tokens = "512"` or `trust_remote_code = "yes"`
+    is refused, not coerced) and unknown keys are refused: a typo must not pass as a default.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: StrictStr
+    hf_id: StrictStr = ""
+    native_dim: Annotated[StrictInt, Field(gt=0)]
+    matryoshka: Matryoshka
+    matryoshka_dims: tuple[StrictInt, ...] = ()
+    max_tokens: Annotated[StrictInt, Field(gt=0)] | None = None
+    revision: StrictStr = ""
+    document_prompt: StrictStr = ""
+    document_prompt_name: StrictStr = ""
+    query_prompt: StrictStr = ""
+    query_prompt_name: StrictStr = ""
+    encode_kwargs: dict[StrictStr, Any] = {}
+    pooling: StrictStr = ""
+    trust_remote_code: StrictBool = False
+    card_dtype: StrictStr = ""
+    params: StrictStr = ""
+    license: StrictStr = ""
+    backend: Backend = "torch"
+    local_package: StrictStr = ""
+    path: StrictStr = ""
+    notes: StrictStr = ""
+    retention: Retention = {}
+    retention_set: StrictStr = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def hf_id_defaults_to_path(cls, values: Any) -> Any:
+        """A local model is named by its folder when it has no hub id."""
+        if isinstance(values, dict) and not values.get("hf_id"):
+            if not values.get("path"):
+                raise ValueError("needs hf_id or path")
+            values = {**values, "hf_id": values["path"]}
+        return values
+
+    @field_validator("matryoshka_dims")
+    @classmethod
+    def sorted_dims(cls, dims: tuple[int, ...]) -> tuple[int, ...]:
+        """Trained dims in ascending order, however the file lists them."""
+        return tuple(sorted(dims))
+
+    @model_validator(mode="after")
+    def consistent(self) -> ModelSpec:
+        """Entries that would make the truncation policy meaningless are refused."""
+        bad_dims = [d for d in self.matryoshka_dims if d <= 0 or d > self.native_dim]
+        if bad_dims:
+            raise ValueError(
+                f"matryoshka_dims {bad_dims} are outside 1..native_dim ({self.native_dim})"
+            )
+        if self.matryoshka == "none" and self.matryoshka_dims:
+            raise ValueError("matryoshka = 'none' but matryoshka_dims are listed")
+        bad_retention = [
+            d for d in self.retention if not d.isdigit() or not 0 < int(d) <= self.native_dim
+        ]
+        if bad_retention:
+            raise ValueError(f"retention dims {bad_retention} are not in 1..native_dim")
+        if self.document_prompt and self.document_prompt_name:
+            raise ValueError("give document_prompt or document_prompt_name, not both")
+        return self
 
     def retention_note(self, dim: int) -> str:
         """What measurement says truncation to `dim` costs, or "" when nothing was measured."""
@@ -82,56 +137,46 @@ class ModelSpec:
         return self.hf_id, False
 
 
-def spec_from_entry(name: str, entry: dict[str, Any], origin: str) -> ModelSpec:
-    """Build and validate one spec from a TOML table, naming the bad value on error."""
-    known = {f.name for f in fields(ModelSpec)} - {"name"}
-    unknown_keys = sorted(set(entry) - known)
-    if unknown_keys:
-        raise RegistryError(
-            f"{origin}: model {name!r} has unknown keys {unknown_keys}; valid keys: {sorted(known)}"
-        )
-    if not entry.get("hf_id") and not entry.get("path"):
-        raise RegistryError(f"{origin}: model {name!r} needs hf_id or path")
-    values = dict(entry)
-    values.setdefault("hf_id", values.get("path", ""))
-    values["matryoshka_dims"] = tuple(sorted(int(d) for d in values.get("matryoshka_dims", ())))
-    values.setdefault("encode_kwargs", {})
-    values.setdefault("retention", {})
+def spec_from_entry(name: str, entry: Any, origin: str) -> ModelSpec:
+    """Build and validate one spec from a TOML table, naming the file, the model and each
+    bad key."""
+    where = f"{origin}: model {name!r}"
+    if not isinstance(entry, dict):
+        raise RegistryError(f'{where} must be a [models."{name}"] table, got {entry!r}')
+    if "name" in entry:
+        # The table's own key is the name; a second one inside it would contradict it.
+        raise RegistryError(f"{where}: unknown keys ['name']; valid keys: {valid_keys()}")
     try:
-        spec = ModelSpec(name=name, **values)
-    except TypeError as err:
-        raise RegistryError(f"{origin}: model {name!r}: {err}") from err
-    check_spec(spec, origin)
-    return spec
+        return ModelSpec(name=name, **entry)
+    except ValidationError as err:
+        raise RegistryError(f"{where}: " + "; ".join(describe_problems(err))) from None
 
 
-def check_spec(spec: ModelSpec, origin: str) -> None:
-    """Reject entries that would make the truncation policy meaningless."""
-    where = f"{origin}: model {spec.name!r}"
-    if not isinstance(spec.native_dim, int) or spec.native_dim <= 0:
-        raise RegistryError(
-            f"{where}: native_dim must be a positive integer, got {spec.native_dim!r}"
-        )
-    if spec.matryoshka not in MATRYOSHKA_STATUSES:
-        raise RegistryError(
-            f"{where}: matryoshka must be one of {MATRYOSHKA_STATUSES}, got {spec.matryoshka!r}"
-        )
-    bad_dims = [d for d in spec.matryoshka_dims if d <= 0 or d > spec.native_dim]
-    if bad_dims:
-        raise RegistryError(
-            f"{where}: matryoshka_dims {bad_dims} are outside 1..native_dim ({spec.native_dim})"
-        )
-    if spec.matryoshka == "none" and spec.matryoshka_dims:
-        raise RegistryError(f"{where}: matryoshka = 'none' but matryoshka_dims are listed")
-    if spec.backend not in BACKENDS:
-        raise RegistryError(f"{where}: backend must be one of {BACKENDS}, got {spec.backend!r}")
-    bad_retention = [
-        d for d in spec.retention if not d.isdigit() or not 0 < int(d) <= spec.native_dim
-    ]
-    if bad_retention:
-        raise RegistryError(f"{where}: retention dims {bad_retention} are not in 1..native_dim")
-    if spec.document_prompt and spec.document_prompt_name:
-        raise RegistryError(f"{where}: give document_prompt or document_prompt_name, not both")
+def valid_keys() -> list[str]:
+    """The keys a registry entry may have."""
+    return sorted(set(ModelSpec.model_fields) - {"name"})
+
+
+def describe_problems(err: ValidationError) -> list[str]:
+    """One line per problem, naming the key and the bad value; unknown keys in one line."""
+    unknown = [str(e["loc"][0]) for e in err.errors() if e["type"] == "extra_forbidden"]
+    problems = [f"unknown keys {unknown}; valid keys: {valid_keys()}"] if unknown else []
+    for error in err.errors():
+        if error["type"] != "extra_forbidden":
+            problems.append(describe_problem(error))
+    return problems
+
+
+def describe_problem(error: ErrorDetails) -> str:
+    """A pydantic error as a line of the refusal; cross-field checks speak for themselves."""
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "missing":
+        return f"{key} is required"
+    if error["type"] == "literal_error":
+        return f"{key} must be one of {error['ctx']['expected']}, got {error['input']!r}"
+    if error["type"] == "value_error":
+        return str(error["ctx"]["error"])
+    return f"{key}: {error['msg']}, got {error['input']!r}"
 
 
 def load_specs(path: Path | str, origin: str | None = None) -> dict[str, ModelSpec]:
@@ -166,6 +211,7 @@ class Registry:
         return cls(specs)
 
     def names(self) -> list[str]:
+        """Every model name, sorted without regard to case."""
         return sorted(self._specs, key=str.casefold)
 
     def get(self, name: str) -> ModelSpec:
@@ -179,8 +225,5 @@ class Registry:
             )
         return spec
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[ModelSpec]:
         return iter(self._specs.values())
-
-    def __len__(self) -> int:
-        return len(self._specs)

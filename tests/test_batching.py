@@ -13,6 +13,7 @@ from embedder.batching import (
     plan_fixed_shape_batches,
     plan_micro_batches,
 )
+from embedder.faults import turn_one_batch_to_nan
 from tests.conftest import real_texts, reference_vectors
 
 
@@ -148,22 +149,6 @@ def test_a_fake_out_of_memory_on_the_first_try_splits_the_batch_and_finishes(
     reference = reference_vectors(bare_model, mixed_length_texts, 384)
     assert ours.shape[0] == len(mixed_length_texts)
     assert np.sum(ours * reference, axis=1).min() >= 0.9999
-
-
-def turn_one_batch_to_nan(replica: Replica) -> dict[str, bool]:
-    """A forward hook on the replica's model that turns one micro-batch's output to NaN, once."""
-    fired = {"done": False}
-
-    def nan_once(module, inputs, output):
-        if not fired["done"]:
-            fired["done"] = True
-            output["sentence_embedding"] = torch.full_like(
-                output["sentence_embedding"], float("nan")
-            )
-        return output
-
-    replica.model.register_forward_hook(nan_once)
-    return fired
 
 
 def test_nan_under_reduced_precision_is_redone_in_fp32_and_counted(

@@ -24,13 +24,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def ray_pids() -> set[int]:
-    found = subprocess.run(["pgrep", "-f", "ray"], capture_output=True, text=True)
-    return {int(pid) for pid in found.stdout.split()} - {os.getpid()}
+def session_pids(session: int) -> set[int]:
+    """The processes of one session: the head was started as a session leader, and every Ray
+    process it starts (GCS, raylet, dashboard, workers) stays in its session."""
+    found = subprocess.run(["ps", "-e", "-o", "pid=,sid="], capture_output=True, text=True)
+    pairs = (line.split() for line in found.stdout.splitlines())
+    return {int(pid) for pid, sid in pairs if int(sid) == session}
 
 
 def test_ray_job_submit_runs_the_job_on_a_real_head(tmp_path):
-    before = ray_pids()
     gcs_port, dashboard_port = free_port(), free_port()
     # Ray 2.60 heads require token auth from clients. The entrypoint's `python` is looked up
     # on the head's PATH: this environment's, as on a cluster whose image has the project.
@@ -78,10 +80,10 @@ def test_ray_job_submit_runs_the_job_on_a_real_head(tmp_path):
     assert manifest["rows_in_output"] == sum(t.num_rows for t in tables.values()) == 32
     # The head and everything it started are gone.
     deadline = time.monotonic() + 60
-    while ray_pids() - before and time.monotonic() < deadline:
+    while session_pids(head.pid) and time.monotonic() < deadline:
         time.sleep(1)
-    assert not ray_pids() - before, subprocess.run(
-        ["ps", "-o", "pid,cmd", "-p", ",".join(map(str, ray_pids() - before))],
+    assert not session_pids(head.pid), subprocess.run(
+        ["ps", "-o", "pid,cmd", "-p", ",".join(map(str, session_pids(head.pid)))],
         capture_output=True,
         text=True,
     ).stdout

@@ -5,137 +5,84 @@ from __future__ import annotations
 import pytest
 
 from registry import PolicyError, Registry, RegistryError, check_remote_code, check_truncation
-from registry.spec import ModelSpec
+from registry.spec import ModelSpec, spec_from_entry
+from tests.conftest import REPO
 
-# From ../shared/registry-facts.md, checked against each model's own card (Nov 2026):
-# name: (hf_id, native_dim, matryoshka, dims, max_tokens, doc prompt, query prompt,
-#        trust_remote_code, card_dtype, license)
-EXPECTED = {
-    "jina-embeddings-v4": (
-        "jinaai/jina-embeddings-v4",
-        2048,
-        "confirmed",
-        (128, 256, 512, 1024, 2048),
-        32768,
-        "prompt_name:passage",
-        "prompt_name:query",
-        True,
-        "bf16",
-        "Qwen Research License (non-commercial)",
-    ),
-    "jina-code-embeddings-1.5b": (
-        "jinaai/jina-code-embeddings-1.5b",
-        1536,
-        "confirmed",
-        (128, 256, 512, 1024, 1536),
-        32768,
-        "prompt_name:nl2code_document",
-        "prompt_name:nl2code_query",
-        False,
-        "bf16",
-        "CC-BY-NC-4.0",
-    ),
-    "nomic-coderank": (
-        "nomic-ai/CodeRankEmbed",
-        768,
-        "none",
-        (),
-        8192,
-        "",
-        "Represent this query for searching relevant code: ",
-        True,
-        "fp32",
-        "MIT",
-    ),
-    "bge-m3": ("BAAI/bge-m3", 1024, "none", (), 8192, "", "", False, "", "MIT"),
-    "gte-qwen2-1.5b": (
-        "Alibaba-NLP/gte-Qwen2-1.5B-instruct",
-        1536,
-        "none",
-        (),
-        32768,
-        "",
-        "Instruct: Given a web search query, retrieve relevant passages that answer the query"
-        "\nQuery: ",
-        True,
-        "bf16",
-        "Apache-2.0",
-    ),
-    "e5-mistral-7b": (
-        "intfloat/e5-mistral-7b-instruct",
-        4096,
-        "none",
-        (),
-        4096,
-        "",
-        "prompt_name:web_search_query",
-        False,
-        "fp16",
-        "MIT",
-    ),
-    "all-miniLM-l6": (
-        "sentence-transformers/all-MiniLM-L6-v2",
-        384,
-        "none",
-        (),
-        256,
-        "",
-        "",
-        False,
-        "fp32",
-        "Apache-2.0",
-    ),
-    "gte-large": ("thenlper/gte-large", 1024, "none", (), 512, "", "", False, "fp32", "MIT"),
-    "bge-small": (
-        "BAAI/bge-small-en-v1.5",
-        384,
-        "none",
-        (),
-        512,
-        "",
-        "Represent this sentence for searching relevant passages: ",
-        False,
-        "fp32",
-        "MIT",
-    ),
-    "qdrant-minilm-onnx": (
-        "Qdrant/all-MiniLM-L6-v2-onnx",
-        384,
-        "none",
-        (),
-        256,
-        "",
-        "",
-        False,
-        "onnx",
-        "Apache-2.0",
-    ),
-}
+FACTS = REPO / "docs" / "registry-facts.md"
 
 
-def query_label(spec: ModelSpec) -> str:
-    return f"prompt_name:{spec.query_prompt_name}" if spec.query_prompt_name else spec.query_prompt
+def read_facts_table() -> dict[str, dict[str, str]]:
+    """The verified facts table as {registry name: {column header: cell}}."""
+    lines = [line for line in FACTS.read_text(encoding="utf-8").splitlines() if line[:1] == "|"]
+    header, _, *rows = [split_row(line) for line in lines]
+    assert header[0] == "registry name", header
+    return {cells[0]: dict(zip(header, cells, strict=True)) for cells in rows}
+
+
+def split_row(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def prompt_label(cell: str) -> str:
+    """A prompt cell (`none`, `prompt_name: <name>` or a quoted literal), as ModelSpec labels
+    prompts."""
+    if cell == "none":
+        return ""
+    if cell.startswith("prompt_name: "):
+        return "prompt_name:" + cell.removeprefix("prompt_name: ")
+    assert cell.startswith('"') and cell.endswith('"'), cell
+    return cell[1:-1].replace("\\n", "\n")
+
+
+def expected_facts(row: dict[str, str]) -> dict[str, object]:
+    """One row of the facts table in the registry's own terms."""
+    return {
+        "hf_id": row["HF id"],
+        "native_dim": int(row["native dim"]),
+        "matryoshka": row["Matryoshka"],
+        "matryoshka_dims": (
+            () if row["MRL dims"] == "—" else tuple(int(d) for d in row["MRL dims"].split(","))
+        ),
+        "max_tokens": int(row["max tokens"]),
+        "document_prompt": prompt_label(row["document prompt"]),
+        "query_prompt": prompt_label(row["query prompt"]),
+        "pooling": row["pooling"],
+        "trust_remote_code": {"yes": True, "no": False}[row["remote code"]],
+        "card_dtype": "" if row["card dtype"] == "—" else row["card dtype"],
+        "license": row["license"],
+    }
+
+
+def registry_facts(spec: ModelSpec) -> dict[str, object]:
+    """The same facts, read from the registry entry."""
+    query_label = (
+        f"prompt_name:{spec.query_prompt_name}" if spec.query_prompt_name else spec.query_prompt
+    )
+    return {
+        "hf_id": spec.hf_id,
+        "native_dim": spec.native_dim,
+        "matryoshka": spec.matryoshka,
+        "matryoshka_dims": spec.matryoshka_dims,
+        "max_tokens": spec.max_tokens,
+        "document_prompt": spec.document_prompt_label(),
+        "query_prompt": query_label,
+        "pooling": spec.pooling,
+        "trust_remote_code": spec.trust_remote_code,
+        "card_dtype": spec.card_dtype,
+        "license": spec.license,
+    }
+
+
+EXPECTED = {name: expected_facts(row) for name, row in read_facts_table().items()}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_seed_model_facts(name):
-    spec = Registry.load().get(name)
-    actual = (
-        spec.hf_id,
-        spec.native_dim,
-        spec.matryoshka,
-        spec.matryoshka_dims,
-        spec.max_tokens,
-        spec.document_prompt_label(),
-        query_label(spec),
-        spec.trust_remote_code,
-        spec.card_dtype,
-        spec.license,
-    )
-    assert actual == EXPECTED[name]
+    assert registry_facts(Registry.load().get(name)) == EXPECTED[name]
 
 
 def test_registry_holds_exactly_the_seed_models():
+    assert len(EXPECTED) == 10
     assert set(Registry.load().names()) == set(EXPECTED)
 
 
@@ -188,13 +135,29 @@ document_prompt = "passage: "
         ),
         ('hf_id = "x/y"\nnative_dim = 64\nmatryoshka = "none"\ncolour = "red"', "unknown keys"),
         ('native_dim = 64\nmatryoshka = "none"', "needs hf_id or path"),
+        # Typed strictly: a quoted number or a word for a boolean is refused, not coerced.
+        ('hf_id = "x/y"\nnative_dim = 64\nmatryoshka = "none"\nmax_tokens = "512"', "max_tokens"),
+        ('hf_id = "x/y"\nnative_dim = "64"\nmatryoshka = "none"', "native_dim"),
+        (
+            'hf_id = "x/y"\nnative_dim = 64\nmatryoshka = "none"\ntrust_remote_code = "yes"',
+            "trust_remote_code: Input should be a valid boolean, got 'yes'",
+        ),
     ],
 )
 def test_bad_user_entries_name_the_problem(tmp_path, body, complaint):
     user_file = tmp_path / "bad.toml"
     user_file.write_text(f'[models."bad"]\n{body}\n')
-    with pytest.raises(RegistryError, match=complaint):
+    with pytest.raises(RegistryError, match=complaint) as refused:
         Registry.load(user_file)
+    assert str(refused.value).startswith(f"{user_file}: model 'bad': ")
+
+
+def test_an_unknown_key_is_named_with_the_file():
+    with pytest.raises(RegistryError) as refused:
+        spec_from_entry("m", {"hf_id": "x/y", "native_dim": 8, "matryoshka": "none",
+                              "max_token": 512}, "mine.toml")  # fmt: skip
+    assert str(refused.value).startswith("mine.toml: model 'm': unknown keys ['max_token']")
+    assert "max_tokens" in str(refused.value)  # the valid keys are listed
 
 
 def spec(matryoshka="none", dims=(), native=384, **extra):

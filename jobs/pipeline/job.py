@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         resolved = load_settings(argv)
-        if resolved.print_config:
+        if resolved.settings.print_config:
             print(describe_config(resolved))
             return EXIT_OK
         job = prepare_job(resolved.settings)

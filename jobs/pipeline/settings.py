@@ -6,17 +6,20 @@ the environment for the job's own settings.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import pydantic_settings
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, CliPositionalArg, CliSettingsSource, SettingsConfigDict
 
 POSITIONAL = ("input", "output", "model", "dim")
-# Storage option keys that are not secret; every other value is masked wherever settings show.
+REQUIRED = ("input", "output", "model")
+PROG = "python -m jobs.embed"
+# Storage option keys whose values are not secret; every other value is masked wherever
+# settings show, at any depth (the S3 client takes secrets inside client_kwargs too).
 PUBLIC_STORAGE_KEYS = {"endpoint_url", "region_name", "anon", "use_ssl", "client_kwargs"}
 MASK = "***"
 
@@ -29,13 +32,31 @@ class EmbedSettings(BaseSettings):
     """The job's settings. Each field is `--field-name` on the command line and EMBED_FIELD_NAME."""
 
     model_config = SettingsConfigDict(
-        env_prefix="EMBED_", env_file=".env", extra="ignore", validate_default=True
+        env_prefix="EMBED_",
+        env_file=".env",
+        extra="ignore",
+        validate_default=True,
+        # Used only when load_settings parses a command line; EmbedSettings(...) never does.
+        cli_prog_name=PROG,
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_exit_on_error=False,
+        cli_hide_none_type=True,
+        cli_show_env_vars=True,
     )
 
-    input: str = Field(description="corpus folder: local path or any fsspec URI")
-    output: str = Field(description="output folder: local path or any fsspec URI")
-    model: str = Field(description="registry name of the model")
-    dim: int | None = Field(None, ge=1, description="Matryoshka dim; omitted = native dim")
+    # Positionals may come from the environment alone, so the command line may leave them out:
+    # `require_positionals` reports the ones missing from every source.
+    input: CliPositionalArg[str | None] = Field(
+        None, description="corpus folder: local path or any fsspec URI"
+    )
+    output: CliPositionalArg[str | None] = Field(
+        None, description="output folder: local path or any fsspec URI"
+    )
+    model: CliPositionalArg[str | None] = Field(None, description="registry name of the model")
+    dim: CliPositionalArg[int | None] = Field(
+        None, ge=1, description="Matryoshka dim; omitted = native dim"
+    )
     dims: str | None = Field(
         None, description="several dims from one pass, e.g. 1024,256: embedding_<dim> columns"
     )
@@ -88,6 +109,23 @@ class EmbedSettings(BaseSettings):
     dry_run: bool = Field(
         False, description="plan only: files, collections, rows done and to do, time estimate"
     )
+    print_config: bool = Field(
+        False,
+        exclude=True,
+        description="show the resolved settings and where each came from, then stop",
+    )
+
+    @model_validator(mode="after")
+    def require_positionals(self) -> EmbedSettings:
+        missing = [name for name in REQUIRED if getattr(self, name) is None]
+        if missing:
+            raise ValueError(
+                "; ".join(
+                    f"missing {name.upper()} (argument, or EMBED_{name.upper()})"
+                    for name in missing
+                )  # fmt: skip
+            )
+        return self
 
     @field_validator("storage_options", mode="before")
     @classmethod
@@ -107,65 +145,38 @@ class EmbedSettings(BaseSettings):
 
 
 def mask_storage_options(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v if k in PUBLIC_STORAGE_KEYS else MASK) for k, v in options.items()}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """A parser whose options are the settings' fields; unset options stay unset."""
-    parser = argparse.ArgumentParser(
-        prog="python -m jobs.embed",
-        description=(
-            "Embed a chunked corpus with one model replica per GPU and write partitioned "
-            "Parquet. Every option can also be set as EMBED_<OPTION> in the environment."
-        ),
-        argument_default=argparse.SUPPRESS,
-    )
-    parser.add_argument(
-        "--print-config",
-        action="store_true",
-        help="show the resolved settings and where each came from (CLI, env, .env, default)",
-    )
-    for name in POSITIONAL:
-        field = EmbedSettings.model_fields[name]
-        parser.add_argument(name, nargs="?", metavar=name.upper(), help=field.description)
-    for name, field in EmbedSettings.model_fields.items():
-        if name in POSITIONAL:
-            continue
-        flag = "--" + name.replace("_", "-")
-        env = f"EMBED_{name.upper()}"
-        if field.annotation is bool:
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, help=f"{field.description} ({env})"
-            )
-        else:
-            choices = (
-                get_args(field.annotation) if get_origin(field.annotation) is Literal else None
-            )
-            parser.add_argument(
-                flag, dest=name, choices=choices, help=f"{field.description} ({env})"
-            )
-    return parser
+    """Every value masked but those of public keys; nested dicts by the same rule."""
+    return {
+        key: mask_storage_options(value)
+        if isinstance(value, dict)
+        else (value if key in PUBLIC_STORAGE_KEYS else MASK)
+        for key, value in options.items()
+    }
 
 
 @dataclass(frozen=True)
 class ResolvedSettings:
-    """The settings, where each value came from, and whether only the config was asked for."""
+    """The settings and where each value came from."""
 
     settings: EmbedSettings
     sources: dict[str, str]
-    print_config: bool = False
 
 
 def load_settings(argv: list[str] | None = None) -> ResolvedSettings:
-    """Parse the command line and resolve it against EMBED_* variables, .env and defaults."""
-    cli_values = vars(build_parser().parse_args(argv))
-    print_config = cli_values.pop("print_config", False)
+    """Parse the command line (pydantic-settings' own CLI) and resolve it against EMBED_*
+    variables, .env and defaults; the command line comes first."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        # Init arguments outrank env and .env in pydantic-settings: that is the precedence.
-        settings = EmbedSettings(**cli_values)
+        cli = CliSettingsSource(EmbedSettings)(args=args)
+        cli_values = cli()
+        settings = EmbedSettings(_cli_settings_source=cli)
+    except pydantic_settings.SettingsError as err:
+        raise SettingsError(str(err).removeprefix("error parsing CLI: ")) from None
     except ValidationError as err:
         raise SettingsError(describe_validation_error(err)) from None
-    return ResolvedSettings(settings, setting_sources(cli_values), print_config)
+    return ResolvedSettings(settings, setting_sources(cli_values))
 
 
 def setting_sources(cli_values: dict[str, Any], dotenv_path: str = ".env") -> dict[str, str]:
@@ -204,14 +215,14 @@ def describe_config(resolved: ResolvedSettings) -> str:
 def describe_validation_error(err: ValidationError) -> str:
     problems = []
     for error in err.errors():
-        name = str(error["loc"][0]) if error["loc"] else "?"
+        if not error["loc"]:  # a check over several settings: its message says it all
+            problems.append(str(error["ctx"]["error"]) if "ctx" in error else error["msg"])
+            continue
+        name = str(error["loc"][0])
         where = (
             f"{name.upper()} (argument, or EMBED_{name.upper()})"
             if name in POSITIONAL
             else f"--{name.replace('_', '-')} (EMBED_{name.upper()})"
         )
-        if error["type"] == "missing":
-            problems.append(f"missing {where}")
-        else:
-            problems.append(f"{where}: {error['msg']}, got {error.get('input')!r}")
+        problems.append(f"{where}: {error['msg']}, got {error.get('input')!r}")
     return "invalid settings: " + "; ".join(problems)

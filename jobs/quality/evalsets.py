@@ -8,7 +8,6 @@ the generator is shipped, not the data.
 from __future__ import annotations
 
 import ast
-import json
 import re
 import sysconfig
 from dataclasses import dataclass
@@ -111,13 +110,3 @@ def code_search_set(limit: int | None = 600) -> tuple[list[dict], list[dict]]:
         if limit and len(corpus) >= limit:
             break
     return corpus, queries
-
-
-def write_set(folder: Path, corpus: list[dict], queries: list[dict]) -> tuple[Path, Path]:
-    """The set in the job's input format (corpus folder) plus a queries JSONL file."""
-    (folder / "corpus" / "stdlib").mkdir(parents=True, exist_ok=True)
-    corpus_file = folder / "corpus" / "stdlib" / "functions.jsonl"
-    corpus_file.write_text("".join(json.dumps(r) + "\n" for r in corpus), encoding="utf-8")
-    queries_file = folder / "queries.jsonl"
-    queries_file.write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")
-    return folder / "corpus", queries_file

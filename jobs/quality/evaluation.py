@@ -6,7 +6,7 @@ recall@10, nDCG@10 and MRR@10, with their retention (score / full-dim score). Wr
 report.json, report.md and report.png to --out and names the recommended dim: the smallest
 that keeps at least --keep of full-dim nDCG@10.
 
-Without --corpus/--queries it uses the built-in code-search set (jobs/evalsets.py).
+Without --corpus/--queries it uses the built-in code-search set (jobs/quality/evalsets.py).
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ K = 10
 METRICS = ("recall@10", "ndcg@10", "mrr@10")
 
 
-def default_dims(spec) -> list[int]:
+def default_dims(model_spec) -> list[int]:
     """The trained dims of a Matryoshka model, else native, 1/2, 1/4 and 1/8 of it."""
-    if spec.matryoshka_dims:
-        return sorted(set(spec.matryoshka_dims) | {spec.native_dim}, reverse=True)
-    return [spec.native_dim // d for d in (1, 2, 4, 8)]
+    if model_spec.matryoshka_dims:
+        return sorted(set(model_spec.matryoshka_dims) | {model_spec.native_dim}, reverse=True)
+    return [model_spec.native_dim // d for d in (1, 2, 4, 8)]
 
 
 def load_labelled_set(corpus_dir: str, queries_file: str) -> tuple[list[dict], list[dict]]:
@@ -80,14 +80,14 @@ def score(ranked: np.ndarray, doc_ids: list[str], queries: list[dict]) -> dict[s
 
 
 def evaluate(
-    replica: Replica, spec, documents: list[dict], queries: list[dict], dims: list[int]
+    replica: Replica, model_spec, documents: list[dict], queries: list[dict], dims: list[int]
 ) -> dict[str, Any]:
     """Scores and retention per dim, from one full-dim encode of documents and queries."""
     doc_ids = [d["id"] for d in documents]
     known = set(doc_ids)
     queries = [q for q in queries if set(q["relevant"]) & known]
     doc_full = replica.embed([d["text"] for d in documents])
-    query_replica = replica.for_prompt(spec.query_prompt, spec.query_prompt_name)
+    query_replica = replica.for_prompt(model_spec.query_prompt, model_spec.query_prompt_name)
     query_full = query_replica.embed([q["query"] for q in queries])
     per_dim = {}
     for dim in sorted(dims, reverse=True):
@@ -178,10 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--revision", default="")
     args = parser.parse_args(argv)
     try:
-        spec = Registry.load(args.registry_file).get(args.model)
-        dims = [int(d) for d in args.dims.split(",")] if args.dims else default_dims(spec)
-        if any(d <= 0 or d > spec.native_dim for d in dims):
-            raise RegistryError(f"--dims must be within 1..{spec.native_dim}, got {args.dims}")
+        model_spec = Registry.load(args.registry_file).get(args.model)
+        dims = [int(d) for d in args.dims.split(",")] if args.dims else default_dims(model_spec)
+        if any(d <= 0 or d > model_spec.native_dim for d in dims):
+            raise RegistryError(
+                f"--dims must be within 1..{model_spec.native_dim}, got {args.dims}"
+            )
     except (RegistryError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -196,19 +198,19 @@ def main(argv: list[str] | None = None) -> int:
         set_name = "built-in stdlib code search"
     replica = Replica(
         ReplicaSpec.for_model(
-            spec,
-            spec.native_dim,
+            model_spec,
+            model_spec.native_dim,
             revision=args.revision,
             trust_remote_code=args.trust_remote_code,
             device=args.device,
             dtype=args.dtype,
         )
     )
-    result = evaluate(replica, spec, documents, queries, dims)
+    result = evaluate(replica, model_spec, documents, queries, dims)
     result["dims"] = {str(d): s for d, s in result["dims"].items()}
     report = {
-        "model": spec.name,
-        "hf_id": spec.hf_id,
+        "model": model_spec.name,
+        "hf_id": model_spec.hf_id,
         "set": set_name,
         "dtype": replica.dtype,
         "keep": args.keep,
