@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -94,7 +95,10 @@ def test_every_bad_row_is_set_aside_with_its_reason_and_the_run_succeeds(tmp_pat
     result = run_job_cli(
         [str(root), str(output), "all-miniLM-l6", "--max-rejected-fraction", "0.5"]
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    # Every row is written or set aside, but two files could not be decoded at all: their rows
+    # are unknown, so the run says so with exit 3 whatever the rejected fraction.
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "2 input file(s) could not be decoded" in result.stderr
 
     embedded = {i for t in read_output(output).values() for i in t.column("id").to_pylist()}
     assert embedded == good
@@ -110,6 +114,11 @@ def test_every_bad_row_is_set_aside_with_its_reason_and_the_run_succeeds(tmp_pat
     manifest = json.loads((output / "_manifest.json").read_text())
     assert manifest["rows_rejected"] == len(expected_reasons)
     assert manifest["rows_in_output"] == len(good)
+    assert manifest["files_rejected"] == 2 and manifest["files_unread"] == []
+    assert [(f["file"], f["from_row"]) for f in manifest["rejected_files"]] == [
+        ("tables/corrupt.parquet", 0),
+        ("zipped/cut.jsonl.gz", 0),
+    ]
     assert manifest["rows_truncated_to_max_tokens"] == 1
     assert manifest["rejected_by_reason"]["duplicate id"] == 2
     # Nothing was written outside OUTPUT; inside it, only collection folders and job files.
@@ -136,3 +145,16 @@ def test_too_many_rejections_exit_3_after_writing_everything(tmp_path):
     assert manifest["rows_rejected"] > 0.01 * (
         manifest["rows_rejected"] + manifest["rows_in_output"]
     )
+
+
+def test_one_corrupt_file_among_good_ones_is_a_rejected_file_and_exit_3(tmp_path):
+    root = tmp_path / "in"
+    write_jsonl(root / "docs" / "good.jsonl", [{"id": "a", "text": "a fine row"}])
+    (root / "docs" / "broken.jsonl.gz").write_bytes(b"\x1f\x8b\x08 cut short")
+    output = tmp_path / "out"
+    result = run_job_cli([str(root), str(output), "all-miniLM-l6", "--max-rejected-fraction", "1"])
+    assert result.returncode == 3, result.stderr[-3000:]
+    manifest = json.loads((output / "_manifest.json").read_text())
+    assert manifest["files_rejected"] == 1 and manifest["rows_in_output"] == 1
+    assert manifest["rejected_files"][0]["file"] == "docs/broken.jsonl.gz"
+    assert re.search(r"^  files set aside\s+1\b", result.stdout, re.M)

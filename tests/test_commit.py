@@ -235,3 +235,55 @@ def test_reusable_vectors_ignore_files_of_another_fingerprint(tmp_path, replica)
     assert commit.reusable_vectors(files, "0" * 16, "embedding", spec.output) is None
     keys = json.loads(commit.read_footer(spec.output, files[0].relpath)[commit.FOOTER_ROW_KEYS])
     assert keys == commit.row_keys(["a0", "a1", "a2"], ["alpha 0", "alpha 1", "alpha 2"])
+
+
+class FailingInput(InputFolder):
+    """INPUT whose storage fails for one file once its first bytes are read."""
+
+    def __init__(self, uri: str, failing: str):
+        super().__init__(uri)
+        self.failing = failing
+
+    def open(self, relpath: str, mode: str = "rb", **kwargs):
+        handle = super().open(relpath, mode, **kwargs)
+        if relpath != self.failing:
+            return handle
+        original = handle.read
+        calls = {"n": 0}
+
+        def read(size=-1):
+            calls["n"] += 1
+            if calls["n"] > 1:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            return original(min(size, 40) if size and size > 0 else 40)
+
+        handle.read = read
+        return handle
+
+
+def test_a_storage_failure_leaves_the_file_for_a_rerun_and_keeps_its_output(tmp_path, replica):
+    make_input(tmp_path / "in")
+    spec = stage_spec(tmp_path)
+    (tmp_path / "in" / "docs" / "a.jsonl").open("a").write('{"id": "bad", "text": ""}\n')
+    run_here(spec, replica)
+    before = output_rows(spec.output)
+    rejections_before = list(spec.output.read_rejections())
+
+    failing = StageSpec(**{**spec.__dict__, "input": FailingInput(spec.input.uri, "docs/a.jsonl")})
+    tally = run_here(failing, replica)
+    assert set(tally.unread) == {"docs/a.jsonl"}
+    assert "ConnectionResetError" in tally.unread["docs/a.jsonl"]
+    assert tally.rejected == 0 and not tally.cut_files  # not bad input
+    # Nothing of a.jsonl was removed as stale: its rows and its rejections wait for a rerun.
+    assert output_rows(spec.output) == before
+    assert list(spec.output.read_rejections()) == rejections_before
+
+
+def test_a_corrupt_file_is_set_aside_whole_and_counted_as_a_file(tmp_path, replica):
+    make_input(tmp_path / "in")
+    (tmp_path / "in" / "docs" / "c.jsonl.gz").write_bytes(b"\x1f\x8b not really gzip")
+    tally = run_here(stage_spec(tmp_path), replica)
+    assert tally.rows == 11 and not tally.unread
+    (cut,) = tally.cut_files
+    assert (cut["file"], cut["from_row"]) == ("docs/c.jsonl.gz", 0)
+    assert cut["reason"].startswith("unreadable file")

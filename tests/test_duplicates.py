@@ -15,7 +15,7 @@ def test_later_occurrences_are_excluded_with_the_place_of_the_first(tmp_path):
     # An invalid row's id is no occurrence: only rows that would be embedded count.
     write_jsonl(tmp_path / "c" / "3.jsonl", [{"id": "z", "text": ""}, {"id": "w", "text": "t"}])
     folder = InputFolder(str(tmp_path))
-    excluded = find_corpus_duplicates(folder, folder.list_files(), Columns(), 2, scan_here)
+    excluded = find_corpus_duplicates(folder, folder.list_files(), Columns(), 2, scan_here).excluded
     assert excluded == {
         "a/1.jsonl": {"2": "duplicate id: first seen in a/1.jsonl row 0"},
         "b/2.jsonl": {
@@ -28,7 +28,7 @@ def test_later_occurrences_are_excluded_with_the_place_of_the_first(tmp_path):
 def test_many_repeats_of_one_id_all_point_at_the_first(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", [{"id": "same", "text": f"t{i}"} for i in range(50)])
     folder = InputFolder(str(tmp_path))
-    excluded = find_corpus_duplicates(folder, folder.list_files(), Columns(), 7, scan_here)
+    excluded = find_corpus_duplicates(folder, folder.list_files(), Columns(), 7, scan_here).excluded
     assert set(excluded["a.jsonl"]) == {str(i) for i in range(1, 50)}
     assert set(excluded["a.jsonl"].values()) == {"duplicate id: first seen in a.jsonl row 0"}
 

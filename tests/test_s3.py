@@ -130,3 +130,44 @@ def test_storage_options_from_the_environment_are_masked(s3, s3_corpus):
     assert options == {"key": "***", "secret": "***", "endpoint_url": s3["endpoint"]}
     assert SECRET not in manifest_text + result.stdout + result.stderr
     assert KEY_ID not in manifest_text + result.stdout + result.stderr
+
+
+def test_flaky_object_storage_gives_every_row_once_and_a_lost_file_exits_1(s3, s3_corpus):
+    """Through a proxy that throttles (503 SlowDown), resets connections and cuts bodies short,
+    the storage library's retries carry the run to a complete output. When one file's reads
+    fail every time, the run commits everything else, exits 1 naming the file, and a rerun
+    through a healthy endpoint finishes the job."""
+    from tests.flaky_proxy import Faults, FlakyProxy
+
+    fs = s3["fs"]
+    args = ["s3://corpus/in", "s3://vectors/flaky", "all-miniLM-l6"]
+    faults = Faults(slowdown_every=9, reset_every=13, cut_body_every=7)
+    with FlakyProxy(s3["endpoint"], faults) as proxy:
+        result = run_job_cli(args, env=job_env(**s3["env"] | {"AWS_ENDPOINT_URL": proxy.url}))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {"slowdown", "reset", "cut_body"} <= set(faults.injected), faults.injected
+    ids = s3_ids(fs, "vectors/flaky")
+    assert set(ids) == set(s3_corpus) and all(n == 1 for n in ids.values())
+
+    broken = "docs/part-003.jsonl"
+    lost = {i for i in s3_corpus if i.startswith("f3-")}
+    args = ["s3://corpus/in", "s3://vectors/lost-file", "all-miniLM-l6"]
+    # Three attempts instead of ten: the same retries, a shorter wait for the test.
+    fewer_retries = json.dumps({"config_kwargs": {"retries": {"max_attempts": 3}}})
+    with FlakyProxy(s3["endpoint"], Faults(broken=broken)) as proxy:
+        env = job_env(**s3["env"] | {"AWS_ENDPOINT_URL": proxy.url})
+        failed = run_job_cli([*args, "--storage-options", fewer_retries], env=env)
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    assert f"could not read {broken}" in failed.stderr
+    ids = s3_ids(fs, "vectors/lost-file")
+    assert set(ids) == set(s3_corpus) - lost and all(n == 1 for n in ids.values())
+    manifest = json.loads(fs.cat("vectors/lost-file/_manifest.json"))
+    assert [f["file"] for f in manifest["files_unread"]] == [broken]
+    assert manifest["files_rejected"] == 0 and manifest["rows_rejected"] == 0
+
+    rerun = run_job_cli(args, env=job_env(**s3["env"]))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    ids = s3_ids(fs, "vectors/lost-file")
+    assert set(ids) == set(s3_corpus) and all(n == 1 for n in ids.values())
+    manifest = json.loads(fs.cat("vectors/lost-file/_manifest.json"))
+    assert manifest["rows_embedded"] == len(lost) and manifest["files_unread"] == []

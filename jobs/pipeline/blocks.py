@@ -8,6 +8,7 @@ whether OUTPUT already holds a block done (jobs.pipeline.commit decides).
 from __future__ import annotations
 
 import gzip
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -21,8 +22,10 @@ from jobs.pipeline.rejections import Rejection, unreadable
 from jobs.pipeline.units import BlockId, InputFile
 from jobs.pipeline.validation import validate
 
-# What a file that cannot be read (any more) raises: corrupt gzip or Parquet, a cut stream.
-READ_ERRORS = (OSError, EOFError, pa.ArrowException, gzip.BadGzipFile)
+# What a decoder raises for content it cannot decode: corrupt gzip (zlib.error, EOFError for a
+# cut stream, BadGzipFile) or Parquet (ArrowInvalid, OSError for a damaged page). Storage
+# failures are StorageReadError, which is none of these: they are not bad input.
+DECODE_ERRORS = (OSError, EOFError, zlib.error, pa.ArrowException, gzip.BadGzipFile)
 # The rows of a block whose every row was rejected.
 NO_ROWS = pa.schema(
     [("id", pa.string()), ("text", pa.string()), ("collection", pa.string()), (ROW, pa.int64())]
@@ -36,6 +39,8 @@ class Block:
     id: BlockId
     rows: pa.Table  # id, text, collection, metadata..., _row; may have no rows
     rejections: list[Rejection] = field(default_factory=list)
+    # Set on the last block of a file that could not be decoded from this row on.
+    cut_at: int | None = None
 
     def collections(self) -> dict[str, int]:
         """Rows per collection, in order of first appearance."""
@@ -54,8 +59,10 @@ def read_blocks(
 ) -> Iterator[Block]:
     """Every block of the file that has valid rows or rejections, in row order.
 
-    A file that fails to read part way is cut there: the blocks before are handed on, and one
-    last block carries a single rejection that covers the rest of the file.
+    A file whose content cannot be decoded from some row on is cut there: the blocks before
+    are handed on, and one last block (`cut_at`) carries a single rejection that covers the
+    rest of the file. A storage failure (StorageReadError) is raised to the caller: the file
+    is not bad input, it is to be read again by a rerun.
     """
     pending = _PendingBlocks(input_file, block_rows)
     try:
@@ -63,7 +70,7 @@ def read_blocks(
             valid, rejections = validate(batch, input_file, excluded)
             pending.add(valid, rejections)
             yield from pending.completed(batch.end_row)
-    except READ_ERRORS as err:
+    except DECODE_ERRORS as err:
         yield pending.cut_short(err)
         return
     yield from pending.completed(None)
@@ -104,7 +111,8 @@ class _PendingBlocks:
         self.tables.clear()
         self.rejections.clear()
         rejection = Rejection.of(self.input_file.relpath, first, unreadable(first, err))
-        return Block(self.input_file.block_of(first, self.block_rows), NO_ROWS, [rejection])
+        block_id = self.input_file.block_of(first, self.block_rows)
+        return Block(block_id, NO_ROWS, [rejection], cut_at=first)
 
     def _block(self, start: int) -> Block:
         tables = self.tables.pop(start, [])

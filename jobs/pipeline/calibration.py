@@ -16,7 +16,7 @@ import numpy as np
 from embedder import Replica, ReplicaSpec
 from embedder.outputs import calibration_ranges
 from jobs.pipeline.blocks import read_blocks
-from jobs.pipeline.folders import CALIBRATION, InputFolder, OutputFolder
+from jobs.pipeline.folders import CALIBRATION, InputFolder, OutputFolder, StorageReadError
 from jobs.pipeline.placement import Placement
 from jobs.pipeline.reading import Columns
 from jobs.pipeline.units import InputFile
@@ -25,13 +25,17 @@ from jobs.pipeline.units import InputFile
 def sample_texts(
     folder: InputFolder, input_files: list[InputFile], columns: Columns, rows: int, block_rows: int
 ) -> list[str]:
-    """The first `rows` valid texts in file order; reading stops as soon as there are enough."""
+    """The first `rows` valid texts in file order; reading stops as soon as there are enough.
+    A file the storage fails on is passed over: the sample is taken once per OUTPUT anyway."""
     texts: list[str] = []
     for input_file in input_files:
-        for block in read_blocks(folder, input_file, columns, block_rows):
-            texts += block.rows.column("text").to_pylist()[: rows - len(texts)]
-            if len(texts) >= rows:
-                return texts
+        try:
+            for block in read_blocks(folder, input_file, columns, block_rows):
+                texts += block.rows.column("text").to_pylist()[: rows - len(texts)]
+                if len(texts) >= rows:
+                    return texts
+        except StorageReadError:
+            continue
     return texts
 
 

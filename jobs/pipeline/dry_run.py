@@ -25,15 +25,18 @@ def survey(job, replica_spec: ReplicaSpec) -> dict[str, Any]:
     settings = job.settings
     committed = {} if settings.overwrite else job.output.committed_files()
     fingerprint_id = commit.fingerprint_id(job.fingerprint)
-    excluded = duplicates.find_corpus_duplicates(
+    scan = duplicates.find_corpus_duplicates(
         job.input, job.input_files, job.columns, settings.block_rows, duplicates.scan_here
     )
     rows_by_collection: Counter[str] = Counter()
     done = todo = rejected = 0
     pending_texts: list[str] = []
     for input_file in job.input_files:
+        if input_file.relpath in scan.unread:
+            continue
         files = committed.get(input_file.path_hash, [])
-        excluded_rows = {int(r): why for r, why in excluded.get(input_file.relpath, {}).items()}
+        excluded = scan.excluded.get(input_file.relpath, {})
+        excluded_rows = {int(r): why for r, why in excluded.items()}
         for block in read_blocks(
             job.input, input_file, job.columns, settings.block_rows, excluded_rows
         ):
@@ -59,6 +62,7 @@ def survey(job, replica_spec: ReplicaSpec) -> dict[str, Any]:
         "rows_done": done,
         "rows_to_do": todo,
         "rows_rejected": rejected,
+        "files_unread": scan.unread,
         "estimate": estimate,
     }
 
@@ -92,6 +96,8 @@ def describe(surveyed: dict[str, Any]) -> str:
         f"{surveyed['dims']}",
         f"  rows rejected:    {surveyed['rows_rejected']}",
     ]
+    for file, error in surveyed["files_unread"].items():
+        lines.append(f"  could not read:   {file} ({error})")
     if estimate["rows_per_second"]:
         lines.append(
             f"  estimate:         {estimate['seconds'] / 60:.1f} min of encoding for one replica "

@@ -10,18 +10,35 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from jobs.pipeline import rejections
 from jobs.pipeline.blocks import read_blocks
-from jobs.pipeline.folders import InputFolder
+from jobs.pipeline.folders import InputFolder, StorageReadError
 from jobs.pipeline.reading import ROW, Columns
 from jobs.pipeline.units import InputFile
 
-IdScan = tuple[np.ndarray, np.ndarray]  # (id hashes, source rows) of one file's valid rows
 # relpath -> {source row (as text, it travels as JSON): reason}
 Excluded = dict[str, dict[str, str]]
+
+
+@dataclass
+class IdScan:
+    """The id hashes and source rows of one file's valid rows."""
+
+    hashes: np.ndarray
+    rows: np.ndarray
+    unread: str = ""  # the storage error that stopped the scan: the file sits this run out
+
+
+@dataclass
+class CorpusScan:
+    """The duplicates found, and the files that could not be read for it."""
+
+    excluded: Excluded
+    unread: dict[str, str] = field(default_factory=dict)  # relpath -> storage error
 
 
 def id_hash(identifier: str) -> int:
@@ -29,23 +46,28 @@ def id_hash(identifier: str) -> int:
     return int.from_bytes(digest.digest(), "little")
 
 
-def scan_ids(folder: InputFolder, input_file: InputFile, columns: Columns, block_rows: int):
-    """(id hashes, source rows) of the file's valid rows."""
+def scan_ids(
+    folder: InputFolder, input_file: InputFile, columns: Columns, block_rows: int
+) -> IdScan:
+    """The id hashes and source rows of the file's valid rows."""
     hashes, rows = [np.empty(0, np.uint64)], [np.empty(0, np.int64)]
-    for block in read_blocks(folder, input_file, columns, block_rows):
-        ids = block.rows.column("id").to_pylist()
-        hashes.append(np.array([id_hash(i) for i in ids], dtype=np.uint64))
-        rows.append(block.rows.column(ROW).to_numpy().astype(np.int64))
-    return np.concatenate(hashes), np.concatenate(rows)
+    try:
+        for block in read_blocks(folder, input_file, columns, block_rows):
+            ids = block.rows.column("id").to_pylist()
+            hashes.append(np.array([id_hash(i) for i in ids], dtype=np.uint64))
+            rows.append(block.rows.column(ROW).to_numpy().astype(np.int64))
+    except StorageReadError as err:
+        return IdScan(hashes[0], rows[0], unread=str(err))
+    return IdScan(np.concatenate(hashes), np.concatenate(rows))
 
 
 def find_duplicates(input_files: list[InputFile], scans: list[IdScan]) -> Excluded:
     """Every occurrence of an id after its first, with the place of the first."""
-    if not scans or not sum(len(h) for h, _ in scans):
+    if not scans or not sum(len(scan.hashes) for scan in scans):
         return {}
-    hashes = np.concatenate([h for h, _ in scans])
-    file_of = np.concatenate([np.full(len(h), i, np.int64) for i, (h, _) in enumerate(scans)])
-    rows = np.concatenate([r for _, r in scans])
+    hashes = np.concatenate([scan.hashes for scan in scans])
+    file_of = np.concatenate([np.full(len(s.hashes), i, np.int64) for i, s in enumerate(scans)])
+    rows = np.concatenate([scan.rows for scan in scans])
     order = np.argsort(hashes, kind="stable")  # stable: file order, then row order
     in_order = hashes[order]
     starts_group = np.r_[True, in_order[1:] != in_order[:-1]]
@@ -67,11 +89,13 @@ def find_corpus_duplicates(
     columns: Columns,
     block_rows: int,
     scan_all: Callable[..., list[IdScan]] | None = None,
-) -> Excluded:
+) -> CorpusScan:
     """Scan every file (in Ray tasks by default; `scan_all` to scan otherwise) and find the
-    duplicates."""
+    duplicates. A file the storage would not give up is left out of the decision (a rerun
+    decides again with it)."""
     scans = (scan_all or scan_on_ray)(folder, input_files, columns, block_rows)
-    return find_duplicates(input_files, scans)
+    unread = {f.relpath: scan.unread for f, scan in zip(input_files, scans) if scan.unread}
+    return CorpusScan(find_duplicates(input_files, scans), unread)
 
 
 def scan_on_ray(folder, input_files, columns, block_rows) -> list[IdScan]:

@@ -6,8 +6,9 @@ no longer be written under one name. An envelope is never split or merged, and e
 takes one at a time. Besides the block, it carries the block's figures to the driver, which
 keeps per-block counts, never per-row state.
 
-An input file's last envelope carries no block, only the file's rejections (count, kinds, and
-the rejection list written to OUTPUT).
+An input file's last envelope (its closing envelope) carries no block, only the file's
+rejections (count, kinds, the rejection list written to OUTPUT), where its content could not be
+decoded, or the storage error that stopped its reading.
 """
 
 from __future__ import annotations
@@ -29,9 +30,14 @@ SCHEMA = pa.schema(
         ("reuse", pa.binary()),  # earlier vectors (key, embedding); empty when none
         ("files", pa.list_(FILE_ENTRY)),  # the block's output files after this run
         ("written", pa.bool_()),  # whether this run wrote the block's files
-        ("rejected", pa.int64()),  # closing envelope: the file's rejected rows
+        # A file's closing envelope: its rejections, and whether it was read to the end.
+        ("file", pa.string()),  # path under INPUT
+        ("rejected", pa.int64()),
         ("rejected_by_kind", pa.map_(pa.string(), pa.int64())),
-        ("rejections_file", pa.string()),  # closing envelope: the file's rejection list
+        ("rejections_file", pa.string()),  # the file's rejection list in OUTPUT
+        ("cut_at", pa.int64()),  # content undecodable from this row on; -1: read to the end
+        ("cut_reason", pa.string()),
+        ("unread", pa.string()),  # a storage failure stopped the reading: the error
     ]
 )
 DEFAULTS: dict[str, Any] = {
@@ -45,9 +51,13 @@ DEFAULTS: dict[str, Any] = {
     "reuse": b"",
     "files": [],
     "written": False,
+    "file": "",
     "rejected": 0,
     "rejected_by_kind": [],
     "rejections_file": "",
+    "cut_at": -1,
+    "cut_reason": "",
+    "unread": "",
 }
 
 

@@ -14,6 +14,8 @@ OUTPUT's layout:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import posixpath
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 import fsspec
+from fsspec.compression import compr
+from fsspec.utils import infer_compression
 
 from jobs.pipeline.units import BlockId, InputFile, file_format
 
@@ -33,10 +37,65 @@ REJECTED = "_rejected"
 COLLECTION_PREFIX = "collection="
 # Local files are written under this dot-name first: readers that glob *.parquet skip it.
 TEMP_MARK = ".tmp-"
+# Object stores throttle (503 SlowDown) and drop connections; botocore retries both in its
+# "standard" mode, with backoff. Ten attempts instead of its default three or five: a batch
+# job would rather wait than lose a file. Your own storage options win over these.
+S3_DEFAULTS: dict[str, Any] = {
+    "config_kwargs": {"retries": {"max_attempts": 10, "mode": "standard"}}
+}
 
 
 class InputError(ValueError):
     """INPUT cannot be used at all (missing, not a folder, no corpus files)."""
+
+
+class StorageReadError(Exception):
+    """Reading an input file failed in the storage itself (a reset connection, throttling, a
+    file replaced under the reader), after the storage library's own retries. Not bad input:
+    the file is left for a rerun. Deliberately not an OSError, so that no decoder's error
+    handling (gzip, Parquet) can take it for corrupt content."""
+
+    def __init__(self, relpath: str, cause: BaseException):
+        super().__init__(f"{relpath}: {type(cause).__name__}: {cause}")
+        self.relpath = relpath
+
+
+class _GuardedReads(io.RawIOBase):
+    """A storage file whose every failure is a StorageReadError: decoders stacked on top
+    (gzip, Parquet) then raise only for what they decode."""
+
+    def __init__(self, handle, relpath: str):
+        self.handle = handle
+        self.relpath = relpath
+
+    def _guarded(self, method, *args):
+        try:
+            return method(*args)
+        except Exception as err:
+            raise StorageReadError(self.relpath, err) from err
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._guarded(self.handle.read, len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._guarded(self.handle.seek, offset, whence)
+
+    def tell(self) -> int:
+        return self._guarded(self.handle.tell)
+
+    def close(self) -> None:
+        try:
+            self.handle.close()
+        finally:
+            super().close()
 
 
 class Folder:
@@ -45,7 +104,8 @@ class Folder:
     def __init__(self, uri: str, storage_options: dict[str, Any] | None = None):
         # Local paths become absolute: Ray workers do not share the driver's working directory.
         self.uri = uri if "://" in uri else os.path.abspath(uri)
-        self.storage_options = dict(storage_options or {})
+        defaults = S3_DEFAULTS if self.uri.split("://", 1)[0] in ("s3", "s3a") else {}
+        self.storage_options = merged(defaults, storage_options or {})
         self._resolved: tuple[Any, str] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -109,6 +169,17 @@ class Folder:
         }
 
 
+def merged(defaults: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """`options` over `defaults`, nested dicts merged key by key."""
+    result = dict(defaults)
+    for key, value in options.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
 class InputFolder(Folder):
     """INPUT: a corpus of JSON Lines and Parquet files at any depth."""
 
@@ -140,10 +211,26 @@ class InputFolder(Folder):
             )
         return found
 
-    def open_input(self, input_file: InputFile) -> IO[bytes]:
-        """A binary stream of the file's content, gzip undone by its suffix."""
-        compression = "infer" if input_file.fmt == "jsonl" else None
-        return self.open(input_file.relpath, "rb", compression=compression)
+    @contextlib.contextmanager
+    def open_input(self, input_file: InputFile) -> Iterator[IO[bytes]]:
+        """A binary stream of the file's content, decompressed by its suffix (.gz).
+
+        Storage failures surface as StorageReadError, decoding failures as the decoder's own
+        errors: the caller tells a file it cannot reach from a file that is corrupt. Retries
+        are the storage library's (for S3: botocore's retry mode, see S3_DEFAULTS).
+        """
+        relpath = input_file.relpath
+        try:
+            raw = self.open(relpath, "rb")
+        except Exception as err:
+            raise StorageReadError(relpath, err) from err
+        compression = infer_compression(relpath) if input_file.fmt == "jsonl" else None
+        with io.BufferedReader(_GuardedReads(raw, relpath), buffer_size=1 << 20) as stream:
+            if compression is None:
+                yield stream
+                return
+            with compr[compression](stream, mode="rb") as decompressed:
+                yield decompressed
 
 
 @dataclass(frozen=True)
@@ -206,6 +293,17 @@ class OutputFolder(Folder):
         fs = self.fs
         if fs.exists(path):
             fs.rm(path)
+
+    def row_count(self, relpath: str) -> int | None:
+        """The rows of a Parquet file, from its footer; None when it cannot be read."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            with self.open(relpath) as handle:
+                return pq.ParquetFile(handle).metadata.num_rows
+        except (OSError, pa.ArrowException):
+            return None
 
     def has_files(self) -> bool:
         return bool(self.files())

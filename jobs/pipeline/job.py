@@ -20,7 +20,7 @@ from jobs.pipeline.folders import MANIFEST, InputError, InputFolder, OutputFolde
 from jobs.pipeline.placement import Placement, PlacementError, place_replicas
 from jobs.pipeline.reading import Columns
 from jobs.pipeline.settings import EmbedSettings, SettingsError, describe_config, load_settings
-from jobs.pipeline.stages import StageSpec, run_pipeline, work_items
+from jobs.pipeline.stages import StageSpec, run_pipeline, unread_envelope, work_items
 from jobs.pipeline.units import InputFile
 from registry import (
     ModelSpec,
@@ -176,11 +176,16 @@ def start_ray() -> bool:
     Returns whether this call started or joined Ray (and so should shut it down). num_cpus and
     num_gpus are not passed: ray.init raises when they are given while joining a cluster.
     """
+    import os
+
     import ray
 
     if ray.is_initialized():
         return False
-    ray.init(include_dashboard=False, log_to_driver=True)
+    # Without RAY_ADDRESS, ray.init() would also join the last cluster `ray start` made on
+    # this machine (/tmp/ray/ray_current_cluster), and wait forever when that one is dead.
+    address = None if os.environ.get("RAY_ADDRESS") else "local"
+    ray.init(address=address, include_dashboard=False, log_to_driver=True)
     return True
 
 
@@ -221,11 +226,12 @@ def run_job(job: Job) -> tuple[dict, int]:
             len(job.input_files),
         )
         t_ray = time.perf_counter()
-        excluded = duplicates.find_corpus_duplicates(
+        scan = duplicates.find_corpus_duplicates(
             job.input, job.input_files, job.columns, settings.block_rows
         )
+        readable = [f for f in job.input_files if f.relpath not in scan.unread]
         replica_spec = replica_spec_for(job, placement)
-        calibrated = calibrate_if_quantizing(job, replica_spec, placement)
+        calibrated = calibrate_if_quantizing(job, readable, replica_spec, placement)
         committed = job.output.committed_files()
         t_scan = time.perf_counter()
         stage_spec = StageSpec(
@@ -239,9 +245,16 @@ def run_job(job: Job) -> tuple[dict, int]:
             precision=settings.precision,
             ranges=calibrated["ranges"] if calibrated else None,
         )
-        items = work_items(job.input_files, committed, excluded)
+        items = work_items(readable, committed, scan.excluded)
         results, replicas = run_pipeline(items, stage_spec, replica_spec, placement)
         t_done = time.perf_counter()
+        for input_file in job.input_files:
+            if input_file.relpath in scan.unread:
+                error, untouched = (
+                    scan.unread[input_file.relpath],
+                    committed.get(input_file.path_hash, []),
+                )
+                results.append(unread_envelope(input_file, error, untouched, job.output))
     finally:
         if started_here:
             ray.shutdown()
@@ -270,7 +283,9 @@ def run_job(job: Job) -> tuple[dict, int]:
     return record, exit_code_for(record, settings.max_rejected_fraction)
 
 
-def calibrate_if_quantizing(job: Job, replica_spec: ReplicaSpec, placement: Placement):
+def calibrate_if_quantizing(
+    job: Job, readable: list[InputFile], replica_spec: ReplicaSpec, placement: Placement
+):
     """int8/uint8 ranges for this OUTPUT (recorded or new); None for other precisions."""
     settings = job.settings
     if settings.precision not in CALIBRATED:
@@ -278,7 +293,7 @@ def calibrate_if_quantizing(job: Job, replica_spec: ReplicaSpec, placement: Plac
     return calibration.load_or_calibrate(
         job.output,
         lambda: calibration.sample_texts(
-            job.input, job.input_files, job.columns, settings.calibration_rows, settings.block_rows
+            job.input, readable, job.columns, settings.calibration_rows, settings.block_rows
         ),
         job.dims,
         calibration.embed_on_ray(replica_spec, placement),
@@ -286,6 +301,47 @@ def calibrate_if_quantizing(job: Job, replica_spec: ReplicaSpec, placement: Plac
 
 
 def exit_code_for(record: dict, max_rejected_fraction: float) -> int:
+    """1 when an input file could not be read (a rerun picks it up); else 3 when a whole file,
+    or the rest of one, could not be decoded (its rows are unknown) or more rows than allowed
+    were rejected; else 0. Every reason that applies is logged."""
+    failed = report_unread_files(record)
+    undecodable = report_undecodable_files(record)
+    too_many = report_too_many_rows_rejected(record, max_rejected_fraction)
+    if failed:
+        return EXIT_FAILED
+    return EXIT_TOO_MANY_REJECTED if undecodable or too_many else EXIT_OK
+
+
+def report_unread_files(record: dict) -> bool:
+    for unread in record["files_unread"]:
+        log.error("could not read %s: %s", unread["file"], unread["error"])
+    if record["files_unread"]:
+        log.error(
+            "%d input file(s) could not be read; everything else is committed: rerun to "
+            "finish them",
+            len(record["files_unread"]),
+        )
+    return bool(record["files_unread"])
+
+
+def report_undecodable_files(record: dict) -> bool:
+    for rejected in record["rejected_files"]:
+        log.error(
+            "set aside %s from row %d on: %s",
+            rejected["file"],
+            rejected["from_row"],
+            rejected["reason"],
+        )
+    if record["files_rejected"]:
+        log.error(
+            "%d input file(s) could not be decoded in whole or in part: their rows are "
+            "unknown (see OUTPUT/_rejected/)",
+            record["files_rejected"],
+        )
+    return bool(record["files_rejected"])
+
+
+def report_too_many_rows_rejected(record: dict, max_rejected_fraction: float) -> bool:
     seen = record["rows_in_output"] + record["rows_rejected"]
     fraction = record["rows_rejected"] / seen if seen else 0.0
     if fraction > max_rejected_fraction:
@@ -297,8 +353,8 @@ def exit_code_for(record: dict, max_rejected_fraction: float) -> int:
             100 * fraction,
             max_rejected_fraction,
         )
-        return EXIT_TOO_MANY_REJECTED
-    return EXIT_OK
+        return True
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,10 @@ class Tally:
     rejected_by_kind: Counter = field(default_factory=Counter)
     files: dict[str, int] = field(default_factory=dict)  # block file -> rows, written or kept
     rejection_files: set[str] = field(default_factory=set)
+    # Input files whose content could not be decoded (whole, or from a row on): rows unknown.
+    cut_files: list[dict[str, Any]] = field(default_factory=list)
+    # Input files a storage failure kept from being read: file -> error.
+    unread: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, results: list[dict[str, Any]]) -> Tally:
@@ -49,6 +53,16 @@ class Tally:
                 tally.files_written += len(result["files"])
             if result["rejections_file"]:
                 tally.rejection_files.add(result["rejections_file"])
+            if result["cut_at"] >= 0:
+                tally.cut_files.append(
+                    {
+                        "file": result["file"],
+                        "from_row": result["cut_at"],
+                        "reason": result["cut_reason"],
+                    }  # fmt: skip
+                )
+            if result["unread"]:
+                tally.unread[result["file"]] = result["unread"]
         return tally
 
     def current_files(self) -> set[str]:
@@ -141,6 +155,9 @@ def build_manifest(
         "rows_in_output": sum(c["rows"] for c in collections.values()),
         "rows_rejected": tally.rejected,
         "rejected_by_reason": dict(tally.rejected_by_kind.most_common()),
+        "files_rejected": len(tally.cut_files),
+        "rejected_files": sorted(tally.cut_files, key=lambda f: f["file"]),
+        "files_unread": [{"file": f, "error": e} for f, e in sorted(tally.unread.items())],
         "rows_truncated_to_max_tokens": totals["rows_truncated_to_max_tokens"],
         "collections": collections,
         "tokens": totals["tokens"],

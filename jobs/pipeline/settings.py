@@ -8,19 +8,26 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic_settings
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, CliPositionalArg, CliSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    CliPositionalArg,
+    CliSettingsSource,
+    NoDecode,
+    SettingsConfigDict,
+)
 
 POSITIONAL = ("input", "output", "model", "dim")
 REQUIRED = ("input", "output", "model")
 PROG = "python -m jobs.embed"
-# Storage option keys whose values are not secret; every other value is masked wherever
+# Storage option keys whose values are not secret; every other leaf value is masked wherever
 # settings show, at any depth (the S3 client takes secrets inside client_kwargs too).
-PUBLIC_STORAGE_KEYS = {"endpoint_url", "region_name", "anon", "use_ssl", "client_kwargs"}
+PUBLIC_STORAGE_KEYS = {"endpoint_url", "region_name", "anon", "use_ssl"}
 MASK = "***"
 
 
@@ -102,7 +109,9 @@ class EmbedSettings(BaseSettings):
     max_rejected_fraction: float = Field(
         0.01, ge=0, le=1, description="exit non-zero when more input than this is rejected"
     )
-    storage_options: dict[str, Any] = Field(
+    # NoDecode: the CLI and env sources hand over the raw text, so `parse_json_options` is the
+    # one JSON parser and its refusal names the bad value wherever it came from.
+    storage_options: Annotated[dict[str, Any], NoDecode] = Field(
         default_factory=dict, description="fsspec storage options as JSON (credentials masked)"
     )
     overwrite: bool = Field(False, description="clear OUTPUT first instead of resuming")
@@ -117,25 +126,26 @@ class EmbedSettings(BaseSettings):
 
     @model_validator(mode="after")
     def require_positionals(self) -> EmbedSettings:
-        missing = [name for name in REQUIRED if getattr(self, name) is None]
+        """INPUT, OUTPUT and MODEL, from the command line or the environment: each one missing
+        from every source is named."""
+        missing = [name.upper() for name in REQUIRED if getattr(self, name) is None]
         if missing:
-            raise ValueError(
-                "; ".join(
-                    f"missing {name.upper()} (argument, or EMBED_{name.upper()})"
-                    for name in missing
-                )  # fmt: skip
-            )
+            raise ValueError("; ".join(f"missing {n} (argument, or EMBED_{n})" for n in missing))
         return self
 
     @field_validator("storage_options", mode="before")
     @classmethod
     def parse_json_options(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                return json.loads(value) if value.strip() else {}
-            except json.JSONDecodeError as err:
-                raise ValueError(f"storage_options must be a JSON object: {err}") from err
-        return value
+        """Text (command line, environment, .env) is parsed as a JSON object."""
+        if not isinstance(value, str):
+            return value
+        try:
+            parsed = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as err:
+            raise ValueError(f"storage_options must be a JSON object: {err}") from err
+        if not isinstance(parsed, dict):
+            raise ValueError(f"storage_options must be a JSON object, not {type(parsed).__name__}")
+        return parsed
 
     def public_dict(self) -> dict[str, Any]:
         """The resolved settings with secrets masked: safe for logs and the manifest."""
@@ -145,7 +155,8 @@ class EmbedSettings(BaseSettings):
 
 
 def mask_storage_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Every value masked but those of public keys; nested dicts by the same rule."""
+    """Every leaf value masked but those of public keys; a nested dict (client_kwargs,
+    config_kwargs) is masked by the same rule, so a secret inside it is masked too."""
     return {
         key: mask_storage_options(value)
         if isinstance(value, dict)
@@ -161,12 +172,18 @@ class ResolvedSettings:
     settings: EmbedSettings
     sources: dict[str, str]
 
+    @property
+    def print_config(self) -> bool:
+        """Whether only the resolved settings were asked for (--print-config)."""
+        return self.settings.print_config
+
 
 def load_settings(argv: list[str] | None = None) -> ResolvedSettings:
     """Parse the command line (pydantic-settings' own CLI) and resolve it against EMBED_*
-    variables, .env and defaults; the command line comes first."""
-    import sys
+    variables, .env and defaults; the command line comes first.
 
+    Raises SettingsError naming each bad or missing value; `--help` prints help and exits 0.
+    """
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         cli = CliSettingsSource(EmbedSettings)(args=args)
@@ -213,10 +230,14 @@ def describe_config(resolved: ResolvedSettings) -> str:
 
 
 def describe_validation_error(err: ValidationError) -> str:
+    """One line naming each bad setting as the user gives it (flag or positional, and its
+    variable) with the value that was refused."""
     problems = []
     for error in err.errors():
-        if not error["loc"]:  # a check over several settings: its message says it all
-            problems.append(str(error["ctx"]["error"]) if "ctx" in error else error["msg"])
+        # Our own checks' messages without pydantic's "Value error, " in front.
+        message = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
+        if not error["loc"]:  # a check over several settings: its message names them
+            problems.append(message)
             continue
         name = str(error["loc"][0])
         where = (
@@ -224,5 +245,8 @@ def describe_validation_error(err: ValidationError) -> str:
             if name in POSITIONAL
             else f"--{name.replace('_', '-')} (EMBED_{name.upper()})"
         )
-        problems.append(f"{where}: {error['msg']}, got {error.get('input')!r}")
+        # Storage options hold credentials: their text is never echoed, the JSON error's
+        # position says where it went wrong.
+        got = "" if name == "storage_options" else f", got {error.get('input')!r}"
+        problems.append(f"{where}: {message}{got}")
     return "invalid settings: " + "; ".join(problems)

@@ -24,10 +24,10 @@ from embedder.outputs import output_vectors, vector_column
 from jobs.pipeline import commit
 from jobs.pipeline.blocks import Block, block_status, read_blocks
 from jobs.pipeline.envelopes import envelope, pack, to_table, unpack
-from jobs.pipeline.folders import CommittedFile, InputFolder, OutputFolder
+from jobs.pipeline.folders import CommittedFile, InputFolder, OutputFolder, StorageReadError
 from jobs.pipeline.placement import Placement
 from jobs.pipeline.reading import ROW, ROW_KEY, Columns
-from jobs.pipeline.rejections import count_by_kind
+from jobs.pipeline.rejections import Rejection, count_by_kind
 from jobs.pipeline.units import BlockId, InputFile
 
 log = logging.getLogger("embed")
@@ -76,21 +76,39 @@ def work_items(
 def read_stage(batch: pa.Table, stage_spec: StageSpec) -> Iterator[pa.Table]:
     """Ray map_batches function: per block an envelope, then the file's closing envelope."""
     for item in batch.column("work").to_pylist():
-        work = json.loads(item)
-        input_file = InputFile(**work["input_file"])
-        committed: dict[BlockId, list[CommittedFile]] = {}
-        for block_id, collection, relpath in work["committed"]:
-            parsed = BlockId.parse(block_id)
-            committed.setdefault(parsed, []).append(CommittedFile(parsed, collection, relpath))
-        excluded = {int(row): reason for row, reason in work["excluded"].items()}
-        rejections = []
-        for block in read_blocks(
+        input_file, committed, excluded = parse_work_item(item)
+        by_block: dict[BlockId, list[CommittedFile]] = {}
+        for entry in committed:
+            by_block.setdefault(entry.block_id, []).append(entry)
+        handed_on: set[BlockId] = set()
+        rejections: list[Rejection] = []
+        cut: Block | None = None
+        blocks = read_blocks(
             stage_spec.input, input_file, stage_spec.columns, stage_spec.block_rows, excluded
-        ):
-            rejections += block.rejections
-            if block.rows.num_rows:
-                yield to_table([block_envelope(block, committed.get(block.id, []), stage_spec)])
-        yield to_table([closing_envelope(input_file, rejections, stage_spec)])
+        )
+        try:
+            for block in blocks:
+                handed_on.add(block.id)
+                rejections += block.rejections
+                cut = block if block.cut_at is not None else cut
+                if block.rows.num_rows:
+                    files = by_block.get(block.id, [])
+                    yield to_table([block_envelope(block, files, stage_spec)])
+        except StorageReadError as err:
+            untouched = [c for c in committed if c.block_id not in handed_on]
+            yield to_table([unread_envelope(input_file, str(err), untouched, stage_spec.output)])
+            continue
+        yield to_table([closing_envelope(input_file, rejections, cut, stage_spec)])
+
+
+def parse_work_item(item: str) -> tuple[InputFile, list[CommittedFile], dict[int, str]]:
+    work = json.loads(item)
+    committed = [
+        CommittedFile(BlockId.parse(block_id), collection, relpath)
+        for block_id, collection, relpath in work["committed"]
+    ]
+    excluded = {int(row): reason for row, reason in work["excluded"].items()}
+    return InputFile(**work["input_file"]), committed, excluded
 
 
 def block_envelope(block: Block, files: list[CommittedFile], stage_spec: StageSpec) -> dict:
@@ -117,15 +135,36 @@ def block_envelope(block: Block, files: list[CommittedFile], stage_spec: StageSp
     )
 
 
-def closing_envelope(input_file: InputFile, rejections, stage_spec: StageSpec) -> dict:
+def closing_envelope(
+    input_file: InputFile, rejections: list[Rejection], cut: Block | None, stage_spec: StageSpec
+) -> dict:
     """The file's rejections, written to OUTPUT/_rejected/ under a name fixed by the file."""
     if not rejections:
-        return envelope()
-    relpath = stage_spec.output.write_rejections(input_file, [r.as_record() for r in rejections])
+        return envelope(file=input_file.relpath)
+    records = [r.as_record() for r in rejections]
+    relpath = stage_spec.output.write_rejections(input_file, records)
     return envelope(
+        file=input_file.relpath,
         rejected=len(rejections),
         rejected_by_kind=list(count_by_kind(rejections).items()),
         rejections_file=relpath,
+        cut_at=-1 if cut is None else cut.cut_at,
+        cut_reason="" if cut is None else cut.rejections[-1].reason,
+    )
+
+
+def unread_envelope(
+    input_file: InputFile, error: str, untouched: list[CommittedFile], output: OutputFolder
+) -> dict:
+    """A file whose reading a storage failure stopped: nothing about it is decided, so what
+    OUTPUT holds for it stays as it is (its other block files and its rejection list) for a
+    rerun to pick up."""
+    kept = [{"relpath": c.relpath, "rows": output.row_count(c.relpath) or 0} for c in untouched]
+    return envelope(
+        file=input_file.relpath,
+        files=kept,
+        rejections_file=OutputFolder.rejections_file(input_file),
+        unread=error,
     )
 
 

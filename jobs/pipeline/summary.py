@@ -18,6 +18,8 @@ def render(record: dict[str, Any], manifest_uri: str) -> str:
         f"  rows skipped     {record['rows_skipped']:>10}   (already in OUTPUT)",
         f"  rows rejected    {record['rows_rejected']:>10}   (OUTPUT/_rejected/)",
         f"  rows in OUTPUT   {record['rows_in_output']:>10}",
+        f"  files set aside  {record['files_rejected']:>10}   (undecodable: rows unknown)",
+        f"  files not read   {len(record['files_unread']):>10}   (storage failed: rerun)",
         f"  wall time        {timings['wall_seconds']:>9.1f}s = start-up {start_up:.1f}s"
         f" + encoding {encoding:.1f}s + model load, reading, writing, rest {other:.1f}s",
         "",
