@@ -73,3 +73,22 @@ def test_missing_input_and_non_empty_output(tiny_corpus, tmp_path):
     (out / "collection=x" / "part.parquet").write_bytes(b"old")
     assert "--overwrite" in refused([str(tiny_corpus), str(out), "all-miniLM-l6"])
     assert (out / "collection=x" / "part.parquet").read_bytes() == b"old"
+
+
+def test_a_leased_output_is_refused_naming_the_holder_and_nothing_is_written(tiny_corpus, tmp_path):
+    import datetime as dt
+    import json
+    import os
+    import socket
+
+    out = tmp_path / "out"
+    out.mkdir()
+    now = dt.datetime.now(dt.UTC).isoformat()
+    holder = {"run_id": "the-other-run", "host": socket.gethostname(), "pid": os.getpid(),
+              "started_at": now, "heartbeat_at": now}  # fmt: skip
+    (out / "_lease.json").write_text(json.dumps(holder))
+    message = refused([str(tiny_corpus), str(out), "all-miniLM-l6"])
+    assert f"held by run the-other-run (host {socket.gethostname()}, pid {os.getpid()}" in message
+    assert "last heartbeat" in message
+    assert [p.name for p in out.iterdir()] == ["_lease.json"]
+    assert json.loads((out / "_lease.json").read_text()) == holder

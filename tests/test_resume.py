@@ -261,3 +261,30 @@ def test_changing_dim_or_model_on_the_same_output_is_refused(corpus, tmp_path):
     assert "dim: OUTPUT has 384, this run 128" in result.stderr
     assert "--overwrite" in result.stderr
     assert sorted(p.name for p in output.iterdir()) == ["_fingerprint.json"]
+
+
+def test_of_two_runs_started_together_on_one_output_exactly_one_embeds(tmp_path):
+    output = tmp_path / "out"
+    args = [str(REPO / "samples" / "corpus"), str(output), "all-miniLM-l6"]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "jobs.embed", *args],
+            cwd=REPO,
+            env=job_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = []
+    for run in runs:  # communicate, not wait: a full pipe would stall the run
+        stdout, stderr = run.communicate(timeout=300)
+        results.append((run.returncode, stdout, stderr))
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], [stderr[-2000:] for _, _, stderr in results]
+    loser = next(stderr for code, _, stderr in results if code == 2)
+    assert "is held by run" in loser
+    manifest = json.loads((output / "_manifest.json").read_text())
+    assert manifest["rows_embedded"] == manifest["rows_in_output"] == 32
+    assert not (output / "_lease.json").exists()

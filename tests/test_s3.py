@@ -171,3 +171,20 @@ def test_flaky_object_storage_gives_every_row_once_and_a_lost_file_exits_1(s3, s
     assert set(ids) == set(s3_corpus) and all(n == 1 for n in ids.values())
     manifest = json.loads(fs.cat("vectors/lost-file/_manifest.json"))
     assert manifest["rows_embedded"] == len(lost) and manifest["files_unread"] == []
+
+
+def test_the_lease_on_s3_is_created_only_if_absent(s3):
+    """Exclusive create on S3 is a conditional PUT (If-None-Match: *), so of two runs that
+    start together exactly one holds OUTPUT."""
+    from jobs.pipeline.folders import LEASE, OutputFolder
+    from jobs.pipeline.lease import Lease, LeaseHeld
+
+    options = {"key": KEY_ID, "secret": SECRET, "client_kwargs": {"endpoint_url": s3["endpoint"]}}
+    output = OutputFolder("s3://vectors/leased", options)
+    assert output.create_json("probe.json", {"n": 1}) is True
+    assert output.create_json("probe.json", {"n": 2}) is False
+    assert output.read_json("probe.json") == {"n": 1}
+    with Lease.take(output, timeout=300) as lease:
+        with pytest.raises(LeaseHeld, match=lease.record["run_id"]):
+            Lease.take(OutputFolder("s3://vectors/leased", options), timeout=300)
+    assert not output.exists(LEASE)

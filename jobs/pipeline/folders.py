@@ -7,6 +7,8 @@ OUTPUT's layout:
 
     _fingerprint.json                       this OUTPUT's settings (jobs.pipeline.commit)
     _calibration.json                       int8/uint8 ranges (jobs.pipeline.calibration)
+    _lease.json                             the run that holds OUTPUT now (jobs.pipeline.lease)
+    _lease.takeover-<run id>.json           while a run that took over a stale lease lives
     _manifest.json                          the last finished run (jobs.pipeline.manifest)
     _rejected/<path hash>-<stem>.jsonl      rejections, one list per input file that has any
     collection=<c>/part-<block id>.parquet  one file per block and collection
@@ -19,6 +21,7 @@ import io
 import json
 import os
 import posixpath
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -33,6 +36,8 @@ DEFAULT_COLLECTION = "default"
 MANIFEST = "_manifest.json"
 FINGERPRINT = "_fingerprint.json"
 CALIBRATION = "_calibration.json"
+LEASE = "_lease.json"
+LEASE_TAKEOVER = "_lease.takeover-"  # + the stale run's id: who replaces a stale lease
 REJECTED = "_rejected"
 COLLECTION_PREFIX = "collection="
 # Local files are written under this dot-name first: readers that glob *.parquet skip it.
@@ -169,6 +174,10 @@ class Folder:
         }
 
 
+def is_lease_file(relpath: str) -> bool:
+    return relpath == LEASE or relpath.startswith(LEASE_TAKEOVER)
+
+
 def merged(defaults: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """`options` over `defaults`, nested dicts merged key by key."""
     result = dict(defaults)
@@ -271,6 +280,30 @@ class OutputFolder(Folder):
         text = json.dumps(payload, indent=2, default=str) + "\n"
         self.write_bytes(relpath, text.encode("utf-8"))
 
+    def create_json(self, relpath: str, payload: Any) -> bool:
+        """Write the file only if it is not there yet, atomically where the storage allows:
+        a hard link of a complete temp file on local disk, a conditional PUT (If-None-Match)
+        on S3. False when the file was already there."""
+        data = (json.dumps(payload, indent=2) + "\n").encode("utf-8")
+        path = self.path(relpath)
+        if not self.is_local:
+            try:
+                self.fs.pipe_file(path, data, mode="create")
+            except FileExistsError:
+                return False
+            return True
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        temp = f"{path}{TEMP_MARK}{os.getpid()}-{threading.get_ident()}"
+        with open(temp, "wb") as handle:
+            handle.write(data)
+        try:
+            os.link(temp, path)  # fails if `path` exists: the create is the link
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(temp)
+        return True
+
     def read_json(self, relpath: str) -> Any | None:
         """The parsed file, or None when it is not there."""
         if not self.exists(relpath):
@@ -306,13 +339,17 @@ class OutputFolder(Folder):
             return None
 
     def has_files(self) -> bool:
-        return bool(self.files())
+        """Whether OUTPUT holds anything but the lease of the run that holds it."""
+        return not all(is_lease_file(relpath) for relpath in self.files())
 
     def clear(self) -> None:
-        """Remove OUTPUT and everything in it."""
+        """Remove everything in OUTPUT but the lease of the run that holds it."""
         fs = self.fs
-        if fs.exists(self.root):
-            fs.rm(self.root, recursive=True)
+        if not fs.exists(self.root):
+            return
+        for entry in fs.ls(self.root, detail=False):
+            if not is_lease_file(self.relative(entry)):
+                fs.rm(entry, recursive=True)
 
     # -- block files -----------------------------------------------------------------------
 

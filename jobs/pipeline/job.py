@@ -17,6 +17,7 @@ from embedder import ReplicaSpec
 from embedder.outputs import CALIBRATED
 from jobs.pipeline import calibration, commit, dry_run, duplicates, manifest, summary
 from jobs.pipeline.folders import MANIFEST, InputError, InputFolder, OutputFolder
+from jobs.pipeline.lease import Lease, LeaseHeld
 from jobs.pipeline.placement import Placement, PlacementError, place_replicas
 from jobs.pipeline.reading import Columns
 from jobs.pipeline.settings import EmbedSettings, SettingsError, describe_config, load_settings
@@ -107,7 +108,8 @@ def prepare_job(settings: EmbedSettings) -> Job:
     output = OutputFolder(settings.output, settings.storage_options)
     input_files = input_folder.list_files()
     job = Job(settings, model_spec, truncations, input_folder, output, input_files)
-    prepare_output(job)
+    if not settings.overwrite:  # an OUTPUT that --overwrite clears cannot refuse the run
+        commit.claim_output(output, job.fingerprint, write=False)
     return job
 
 
@@ -133,15 +135,9 @@ def output_dims(model_spec: ModelSpec, settings: EmbedSettings) -> list[int]:
 
 
 def prepare_output(job: Job) -> bool:
-    """Clear OUTPUT if asked, then claim it for this fingerprint; True when resuming.
-
-    A dry run changes nothing: it only checks that the fingerprint would be accepted.
-    """
+    """Clear OUTPUT if asked, then claim it for this fingerprint; True when resuming. Called
+    with OUTPUT's lease held."""
     settings, output = job.settings, job.output
-    if settings.dry_run:
-        if settings.overwrite:
-            return False  # the real run would clear OUTPUT first
-        return commit.claim_output(output, job.fingerprint, write=False) is not None
     if settings.overwrite and output.has_files():
         log.warning("--overwrite: clearing %s", output.uri)
         output.clear()
@@ -203,7 +199,14 @@ def cluster_resources() -> tuple[float, float, str]:
 
 
 def run_job(job: Job) -> tuple[dict, int]:
-    """Run the pipeline and write the manifest; returns it with the exit code."""
+    """Hold OUTPUT's lease (LeaseHeld if another run does), claim OUTPUT, run the pipeline
+    and write the manifest; returns it with the exit code."""
+    with Lease.take(job.output, job.settings.lease_timeout):
+        prepare_output(job)
+        return run_on_ray(job)
+
+
+def run_on_ray(job: Job) -> tuple[dict, int]:
     import ray
 
     settings = job.settings
@@ -375,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     try:
         record, code = run_job(job)
-    except PlacementError as err:
+    except (*REFUSALS, LeaseHeld) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_REFUSED
     print(summary.render(record, job.output.url(MANIFEST)))

@@ -115,6 +115,12 @@ class EmbedSettings(BaseSettings):
         default_factory=dict, description="fsspec storage options as JSON (credentials masked)"
     )
     overwrite: bool = Field(False, description="clear OUTPUT first instead of resuming")
+    lease_timeout: float = Field(
+        300,
+        gt=0,
+        description="seconds without a heartbeat after which another run's hold on OUTPUT "
+        "is taken over",
+    )
     dry_run: bool = Field(
         False, description="plan only: files, collections, rows done and to do, time estimate"
     )
