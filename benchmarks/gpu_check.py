@@ -9,6 +9,7 @@ rest of the job. It checks, on the GPU it finds:
   5. throughput of the replica against bare `encode` in fp16 on the same GPU;
   6. fixed-shape batches (used whenever the job quantizes): are a text's floats bitwise the
      same in other batch compositions on this GPU, and what do they cost in throughput?
+  7. the peak GPU memory of loading the model in fp16, against loading in fp32 and casting.
 Run it from the repository root (no install needed); it prints one JSON report.
 """
 
@@ -62,6 +63,7 @@ def main() -> None:
         "compute_capability": ".".join(map(str, torch.cuda.get_device_capability())),
         "torch": torch.__version__,
     }
+    report.update(load_memory_check(source))
     reference = SentenceTransformer(source, device="cuda").encode(
         texts[:500], normalize_embeddings=True, batch_size=64
     )
@@ -89,6 +91,8 @@ def main() -> None:
     turn_one_batch_to_nan(guarded)
     vectors = guarded.embed(texts[:300])
     report["nan_redone_rows"] = guarded.stats.nan_redone_rows
+    # The fp32 redo runs on a CPU copy: no second full-size copy on the GPU.
+    report["nan_redo_model_device"] = str(next(guarded.fp32_model.parameters()).device)
     report["nan_output_all_finite"] = bool(np.isfinite(vectors).all())
 
     # Throughput: bare encode in fp16 against the replica in fp16, same texts, warm.
@@ -103,6 +107,31 @@ def main() -> None:
     report["replica_vs_bare"] = round(bare_seconds / replica_seconds, 2)
     report.update(fixed_shape_check(source, texts))
     print(json.dumps(report, indent=2))
+
+
+def load_memory_check(source: str) -> dict:
+    """Peak GPU memory of loading the model in fp16: straight in fp16 (the replica) against
+    loading in fp32 and casting (what the replica did before)."""
+    from sentence_transformers import SentenceTransformer
+
+    def peak_of(load) -> tuple[int, int]:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        model = load()
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        peak = torch.cuda.max_memory_allocated() - before
+        del model
+        torch.cuda.empty_cache()
+        return peak, weights
+
+    replica_peak, weights = peak_of(lambda: replica_for(source, device="cuda", dtype="fp16").model)
+    old_peak, _ = peak_of(lambda: SentenceTransformer(source, device="cuda").half())
+    return {
+        "fp16_weights_bytes": weights,
+        "fp16_load_peak_bytes": replica_peak,
+        "fp32_then_cast_load_peak_bytes": old_peak,
+    }
 
 
 def fixed_shape_check(source: str, texts: list[str]) -> dict:

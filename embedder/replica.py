@@ -149,6 +149,23 @@ class Replica:
             "load_seconds": round(self.load_seconds, 3),
         }
 
+    def peak_memory(self) -> dict[str, Any]:
+        """The most memory this replica has held so far: CUDA memory allocated by torch on a
+        GPU, the process's peak resident set on the CPU (model, activations, and the rest of
+        the worker)."""
+        if self.device == "cuda":
+            import torch
+
+            return {
+                "peak_memory_bytes": torch.cuda.max_memory_allocated(),
+                "peak_memory_of": "cuda",
+            }
+        import resource
+
+        # ru_maxrss is in KiB on Linux.
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return {"peak_memory_bytes": peak, "peak_memory_of": "rss"}
+
     def embed(self, texts: list[str]) -> np.ndarray:
         """Unit vectors of width dim, in input order: texts are tokenized once, sorted by
         length and encoded in micro-batches under the token budget."""
@@ -211,7 +228,10 @@ class Replica:
         bad = bad_rows(raw[:, : self.spec.dim])
         if bad.size and self.dtype != "fp32":
             if self.fp32_model is None:
-                self.fp32_model = load_model(self.spec, self.device, "fp32")
+                # On the CPU, whatever the replica runs on: a second, full-size fp32 copy on
+                # the GPU would not fit where the half-precision one barely does. Rare rows,
+                # redone slowly, instead of an out-of-memory for the whole replica.
+                self.fp32_model = load_model(self.spec, "cpu", "fp32")
                 self.fp32_model.max_seq_length = self.model.max_seq_length
             raw = np.array(raw, dtype=np.float32)
             if pad_multiple:  # the same shape again, so the fp32 floats are batch-invariant too
@@ -290,8 +310,14 @@ def load_model(spec: ReplicaSpec, device: str, dtype: str):
         kwargs["local_files_only"] = True
     elif spec.revision:
         kwargs["revision"] = spec.revision
+    if spec.backend == "torch":
+        # Loaded in the dtype it runs in: loading in fp32 and then casting would hold both
+        # copies at once (e5-mistral-7b: 28 GB on the way to 14 GB).
+        kwargs["model_kwargs"] = {"dtype": torch_dtype(dtype)}
     model = SentenceTransformer(spec.source, **kwargs)
     if spec.backend == "torch" and dtype != "fp32":
+        # Modules outside the transformer (pooling, dense heads) are small: cast them too.
+        # Parameters already in this dtype are not copied.
         model = model.to(torch_dtype(dtype))
     if spec.fixed_shape_batches:
         _keep_padding(model)

@@ -99,6 +99,8 @@ def test_manifest_holds_the_design_fields(cli_runs, mixed_corpus, dim):
     assert manifest["truncation_verified"] is (dim == 384)
     assert manifest["replicas"] == 1 and manifest["per_replica"][0]["device"] == "cpu"
     assert manifest["devices"] == ["cpu"] and manifest["manifest_version"] == 2
+    replica = manifest["per_replica"][0]
+    assert replica["peak_memory_of"] == "rss" and replica["peak_memory_bytes"] > 100 * 2**20
     assert manifest["dtype"] == "fp32"
     assert manifest["settings"]["dim"] == (None if dim == 384 else 128)
 

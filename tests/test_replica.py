@@ -96,3 +96,93 @@ def test_out_of_memory_on_a_single_text_is_raised(model_path, texts):
     replica.model.encode = always_out_of_memory
     with pytest.raises(torch.OutOfMemoryError):
         replica.embed(texts[:2])
+
+
+@pytest.fixture(scope="module")
+def larger_model(tmp_path_factory, model_path) -> str:
+    """A BERT of 80M parameters built here from a config (random weights, MiniLM's
+    tokenizer), saved in fp32 like most checkpoints: big enough for memory to be measured."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("bert-80m")
+    shutil.copytree(
+        model_path, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("model.safetensors")
+    )
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=768, num_hidden_layers=8, intermediate_size=3072)
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+    pooling = Path(folder) / "1_Pooling" / "config.json"
+    pooling.write_text(
+        json.dumps(json.loads(pooling.read_text()) | {"word_embedding_dimension": 768})
+    )
+    return str(folder)
+
+
+MEMORY_PROBE = """
+import sys, threading, time
+import sentence_transformers, torch  # imported before the baseline: not part of the load
+from embedder import Replica, ReplicaSpec
+
+def anonymous_kib():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+
+peak, done = [anonymous_kib()], threading.Event()
+def sample():
+    while not done.is_set():
+        peak.append(anonymous_kib())
+        time.sleep(0.002)
+base = anonymous_kib()
+sampler = threading.Thread(target=sample)
+sampler.start()
+replica = Replica(ReplicaSpec(source=sys.argv[1], source_is_local=True, dim=768, device="cpu",
+                              dtype="bf16"))
+done.set()
+sampler.join()
+params = sum(p.numel() for p in replica.model.parameters())
+dtypes = sorted({str(p.dtype) for p in replica.model.parameters()})
+# The dtype transformers built the weights in (casting afterwards leaves it float32).
+loaded_in = replica.model[0].auto_model.config.dtype
+print(params, (max(peak) - base) * 1024, ",".join(dtypes), loaded_in)
+"""
+
+
+def test_a_bf16_load_never_holds_an_fp32_copy(larger_model):
+    """Built straight in bf16 by transformers (its config records the dtype it loaded in;
+    loading in fp32 and casting leaves float32 there), and the memory the load allocates
+    stays near the bf16 weights, far from an fp32 copy plus the bf16 one. Measured as
+    anonymous memory: the checkpoint's pages are memory-mapped and read either way. On a CPU
+    the old load-then-cast did not hold an fp32 copy either (the fp32 weights stayed mapped
+    file pages, 173 MiB allocated against 174 now); on a GPU it did, since moving the model to
+    the device materializes the fp32 weights there: benchmarks/gpu_check.py measures that."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, job_env
+
+    probe = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, larger_model],
+        cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    params, allocated, dtypes, loaded_in = probe.stdout.split()
+    params, allocated = int(params), int(allocated)
+    bf16_size, fp32_size = params * 2, params * 4
+    assert dtypes == "torch.bfloat16" and loaded_in == "torch.bfloat16"
+    assert allocated < fp32_size, (allocated, fp32_size)
+    assert allocated < 0.6 * (fp32_size + bf16_size)
+    print(
+        f"bf16 load of {params} parameters allocated {allocated / 2**20:.0f} MiB "
+        f"(bf16 weights {bf16_size / 2**20:.0f} MiB, fp32 {fp32_size / 2**20:.0f} MiB)"
+    )
+
+
+def test_the_replica_reports_its_peak_memory(model_path):
+    replica = make_replica(model_path, device="cpu")
+    peak = replica.peak_memory()
+    assert peak["peak_memory_of"] == "rss" and peak["peak_memory_bytes"] > 50 * 2**20

@@ -203,8 +203,9 @@ class EmbedBatches:
     def report(self) -> None:
         # Cumulative figures, so a lost or repeated report cannot skew the totals.
         alive = time.time() - self.started
+        figures = self.replica.stats.as_dict() | self.replica.peak_memory()
         self.stats_actor.report.remote(
-            self.replica_id, self.info, self.replica.stats.as_dict() | {"alive_seconds": alive}
+            self.replica_id, self.info, figures | {"alive_seconds": alive}
         )
 
 

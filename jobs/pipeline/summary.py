@@ -23,7 +23,7 @@ def render(record: dict[str, Any], manifest_uri: str) -> str:
         f"  wall time        {timings['wall_seconds']:>9.1f}s = start-up {start_up:.1f}s"
         f" + encoding {encoding:.1f}s + model load, reading, writing, rest {other:.1f}s",
         "",
-        "  replica   device  dtype  rows      rows/s   tokens/s  encoding share  padding",
+        "  replica   device  dtype  rows      rows/s   tokens/s  encoding share  padding  peak MB",
     ]
     for replica in record["per_replica"]:
         device = replica["device"] + (f" {replica['gpu_name']}" if replica["gpu_name"] else "")
@@ -31,7 +31,8 @@ def render(record: dict[str, Any], manifest_uri: str) -> str:
             f"  {replica['replica_id'][:8]}  {device:<6}  {replica['dtype']:<5}  "
             f"{replica['rows']:<8}  {replica['rows_per_second']:>7.1f}  "
             f"{replica['tokens_per_second']:>9.0f}  {replica['encode_share'] * 100:>13.0f}%  "
-            f"{replica['padding_share'] * 100:>6.0f}%"
+            f"{replica['padding_share'] * 100:>6.0f}%  "
+            f"{replica.get('peak_memory_bytes', 0) / 2**20:>7.0f}"
         )
     lines += ["", "  collection            rows     files        MB"]
     for name, entry in sorted(record["collections"].items()):
