@@ -44,6 +44,18 @@ def calibration_ranges(vectors: np.ndarray, dims: list[int]) -> dict[str, list[l
     return ranges
 
 
+def output_columns(dims: list[int], precision: str) -> list[str]:
+    """The vector columns a run writes, widest float first, each followed by its quantized
+    form."""
+    several = len(dims) > 1
+    names = []
+    for dim in dims:
+        names.append(vector_column(dim, several))
+        if precision != "float32":
+            names.append(quantized_column(dim, several, precision))
+    return names
+
+
 def output_vectors(
     full: np.ndarray, dims: list[int], precision: str, ranges: dict[str, Any] | None
 ) -> dict[str, np.ndarray]:

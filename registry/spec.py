@@ -119,6 +119,12 @@ class ModelSpec(BaseModel):
             return f"prompt_name:{self.document_prompt_name}"
         return self.document_prompt
 
+    def query_prompt_label(self) -> str:
+        """How the query prompt is named in logs and the manifest."""
+        if self.query_prompt_name:
+            return f"prompt_name:{self.query_prompt_name}"
+        return self.query_prompt
+
     def model_source(self) -> tuple[str, bool]:
         """Where to load the weights from, and whether that is a local folder.
 

@@ -144,3 +144,13 @@ def read_output(output: Path) -> dict[str, pa.Table]:
         parts = [pq.read_table(f) for f in sorted(folder.glob("*.parquet"))]
         tables[folder.name.split("=", 1)[1]] = pa.concat_tables(parts, promote_options="permissive")
     return tables
+
+
+@pytest.fixture(scope="session")
+def demo_output(tmp_path_factory) -> Path:
+    """The sample corpus embedded once, as `make demo` does: shared by the tests that only
+    read an OUTPUT."""
+    output = tmp_path_factory.mktemp("demo") / "out"
+    result = run_job_cli([str(REPO / "samples" / "corpus"), str(output), "all-miniLM-l6"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output

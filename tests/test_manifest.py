@@ -58,6 +58,7 @@ def test_the_manifest_counts_and_names_its_replicas():
         model_spec=model_spec,
         truncations=[check_truncation(model_spec, 384, False)],
         calibration=None,
+        fingerprint={"dims": [384]},
         settings_public={"precision": "float32"},
         replicas=[replica],
         tally=tally,
@@ -66,6 +67,8 @@ def test_the_manifest_counts_and_names_its_replicas():
         started_at=dt.datetime(2026, 11, 28, tzinfo=dt.UTC),
     )
     assert record["manifest_version"] == 2
+    assert record["registry_entry"]["hf_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert record["fingerprint"] == {"dims": [384]}
     assert (record["replicas"], record["devices"]) == (1, ["cpu"])
     assert record["per_replica"][0]["rows_per_second"] == 2.0
     assert record["per_replica"][0]["padding_share"] == 0.2

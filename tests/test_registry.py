@@ -55,9 +55,6 @@ def expected_facts(row: dict[str, str]) -> dict[str, object]:
 
 def registry_facts(spec: ModelSpec) -> dict[str, object]:
     """The same facts, read from the registry entry."""
-    query_label = (
-        f"prompt_name:{spec.query_prompt_name}" if spec.query_prompt_name else spec.query_prompt
-    )
     return {
         "hf_id": spec.hf_id,
         "native_dim": spec.native_dim,
@@ -65,7 +62,7 @@ def registry_facts(spec: ModelSpec) -> dict[str, object]:
         "matryoshka_dims": spec.matryoshka_dims,
         "max_tokens": spec.max_tokens,
         "document_prompt": spec.document_prompt_label(),
-        "query_prompt": query_label,
+        "query_prompt": spec.query_prompt_label(),
         "pooling": spec.pooling,
         "trust_remote_code": spec.trust_remote_code,
         "card_dtype": spec.card_dtype,

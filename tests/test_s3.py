@@ -110,6 +110,24 @@ def test_kill_and_resume_on_s3_and_no_secret_anywhere(s3, s3_corpus):
     assert SECRET not in everything and KEY_ID not in everything
 
 
+def test_a_query_encoder_reads_its_output_from_s3(s3, s3_corpus):
+    """QueryEncoder.from_output on the OUTPUT the kill-and-resume test left in S3: it rebuilds
+    the model from the manifest there and re-embeds stored rows as they were."""
+    import numpy as np
+
+    from jobs.query import QueryEncoder
+
+    fs = s3["fs"]
+    path = sorted(fs.glob("vectors/run1/collection=docs/*.parquet"))[0]
+    with fs.open(path, "rb") as handle:
+        table = pq.read_table(handle).slice(0, 8)
+    options = {"key": KEY_ID, "secret": SECRET, "client_kwargs": {"endpoint_url": s3["endpoint"]}}
+    encoder = QueryEncoder.from_output("s3://vectors/run1", storage_options=options)
+    again = encoder.encode(table.column("text").to_pylist(), as_documents=True)["embedding"]
+    stored = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
+    assert np.sum(stored * again, axis=1).min() >= 0.9999
+
+
 def test_storage_options_from_the_environment_are_masked(s3, s3_corpus):
     """Credentials given as EMBED_STORAGE_OPTIONS work, and show up only as ***."""
     env = job_env(

@@ -269,6 +269,7 @@ def run_on_ray(job: Job) -> tuple[dict, int]:
         model_spec=job.model_spec,
         truncations=job.truncations,
         calibration=calibrated,
+        fingerprint=job.fingerprint,
         settings_public=settings.public_dict(),
         replicas=replicas,
         tally=tally,

@@ -2,8 +2,10 @@
 
 Version 2 (this code): `per_replica` lists each replica with its device and figures (version 1
 called that list `devices`); `devices` is now the distinct devices the replicas ran on, e.g.
-["cpu"] or ["cuda (NVIDIA H200)"]; `replicas` stays the count. Figures come from what the
-stages reported per block, not from re-reading OUTPUT.
+["cpu"] or ["cuda (NVIDIA H200)"]; `replicas` stays the count. New in version 2:
+`registry_entry` and `fingerprint` (what jobs.query.QueryEncoder rebuilds the model from),
+`query_prompt`, `files_rejected`, `rejected_files`, `files_unread`, per-replica peak memory.
+Figures come from what the stages reported per block, not from re-reading OUTPUT.
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ def build_manifest(
     model_spec,
     truncations,
     calibration,
+    fingerprint: dict[str, Any],
     settings_public: dict[str, Any],
     replicas: list[dict[str, Any]],
     tally: Tally,
@@ -146,6 +149,11 @@ def build_manifest(
         "precision": settings_public.get("precision", "float32"),
         "calibration": calibration,
         "prompt": model_spec.document_prompt_label() or None,
+        "query_prompt": model_spec.query_prompt_label() or None,
+        # What a query encoder needs to embed queries as these documents were
+        # (jobs.query.QueryEncoder): the model's registry entry and the run's fingerprint.
+        "registry_entry": model_spec.model_dump(mode="json"),
+        "fingerprint": fingerprint,
         "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
         "devices": device_names(replicas),
         "replicas": len(replicas),
