@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from embedder.rotation import rotate
 from embedder.vectors import truncate_and_normalize
 
 CALIBRATED = ("int8", "uint8")
@@ -42,6 +43,16 @@ def calibration_ranges(vectors: np.ndarray, dims: list[int]) -> dict[str, list[l
         truncated = truncate_and_normalize(vectors, dim)
         ranges[str(dim)] = [truncated.min(axis=0).tolist(), truncated.max(axis=0).tolist()]
     return ranges
+
+
+def base_vectors(full: np.ndarray, rotation: np.ndarray | None, widest: int) -> np.ndarray:
+    """The vector every output column of a row is derived from. Without a rotation, the
+    replica's vector as it is (the replica already truncated it to the widest dim and
+    re-normalized it); with one, the replica's full native-dim vector rotated, then truncated
+    to the widest dim and re-normalized."""
+    if rotation is None:
+        return full
+    return truncate_and_normalize(rotate(full, rotation), widest)
 
 
 def output_columns(dims: list[int], precision: str) -> list[str]:

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         # Refused before the model loads.
         column = check_request(manifest, args.column, args.collection)
         encoder = QueryEncoder(
-            manifest, device=args.device, trust_remote_code=args.trust_remote_code
+            manifest, output, device=args.device, trust_remote_code=args.trust_remote_code
         )
     except (ManifestError, SearchError, PolicyError) as err:
         print(f"error: {err}", file=sys.stderr)

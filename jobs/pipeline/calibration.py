@@ -14,9 +14,18 @@ from typing import Any
 import numpy as np
 
 from embedder import Replica, ReplicaSpec
-from embedder.outputs import calibration_ranges
+from embedder.outputs import CALIBRATED, base_vectors, calibration_ranges
+from embedder.rotation import from_bytes as rotation_from_bytes
+from embedder.rotation import pca_rotation
+from embedder.rotation import to_bytes as rotation_bytes
 from jobs.pipeline.blocks import read_blocks
-from jobs.pipeline.folders import CALIBRATION, InputFolder, OutputFolder, StorageReadError
+from jobs.pipeline.folders import (
+    CALIBRATION,
+    ROTATION,
+    InputFolder,
+    OutputFolder,
+    StorageReadError,
+)
 from jobs.pipeline.placement import Placement
 from jobs.pipeline.reading import Columns
 from jobs.pipeline.units import InputFile
@@ -44,16 +53,42 @@ def load_or_calibrate(
     sample: Callable[[], list[str]],
     dims: list[int],
     embed: Callable[[list[str]], np.ndarray],
-) -> dict[str, Any]:
-    """The ranges recorded in OUTPUT, or new ones (then recorded) from `embed(sample())`: the
-    sample is read and embedded only when OUTPUT holds no calibration yet."""
+    precision: str,
+    rotate: str,
+) -> dict[str, Any] | None:
+    """What this OUTPUT was calibrated with, recorded in it, or a new calibration from
+    `embed(sample())` (then recorded): the sample is read and embedded only when OUTPUT holds
+    no calibration yet. None when the run needs none (float32, no rotation).
+
+    The record: `rows` (the sample's size), `rotation` (where the matrix is) when the run
+    rotates, `ranges` (per dim, [minimums, maximums]) when it quantizes to int8/uint8, taken
+    after the rotation. The rotation matrix is written before the record that names it.
+    """
+    if precision not in CALIBRATED and rotate == "none":
+        return None
     recorded = output.read_json(CALIBRATION)
     if recorded is not None:
         return recorded
     texts = sample()
-    calibration = {"rows": len(texts), "ranges": calibration_ranges(embed(texts), dims)}
-    output.write_json(CALIBRATION, calibration)
-    return calibration
+    full = embed(texts)
+    record: dict[str, Any] = {"rows": len(texts)}
+    rotation = None
+    if rotate == "pca":
+        rotation = pca_rotation(full)
+        output.write_bytes(ROTATION, rotation_bytes(rotation))
+        record["rotation"] = {"method": "pca", "file": ROTATION, "dim": int(full.shape[1])}
+    if precision in CALIBRATED:
+        record["ranges"] = calibration_ranges(base_vectors(full, rotation, dims[0]), dims)
+    output.write_json(CALIBRATION, record)
+    return record
+
+
+def load_rotation(output: OutputFolder, record: dict[str, Any] | None) -> np.ndarray | None:
+    """The rotation matrix a calibration record names, read from OUTPUT; None without one."""
+    if not record or not record.get("rotation"):
+        return None
+    with output.open(record["rotation"]["file"]) as handle:
+        return rotation_from_bytes(handle.read())
 
 
 def embed_on_ray(replica_spec: ReplicaSpec, placement: Placement):

@@ -6,7 +6,9 @@ Nothing else in the job builds a path or takes storage options. `OutputFolder` a
 OUTPUT's layout:
 
     _fingerprint.json                       this OUTPUT's settings (jobs.pipeline.commit)
-    _calibration.json                       int8/uint8 ranges (jobs.pipeline.calibration)
+    _calibration.json                       the calibration sample's record: int8/uint8 ranges,
+                                            the rotation (jobs.pipeline.calibration)
+    _rotation.npy                           the rotation matrix, with --rotate pca
     _lease.json                             the run that holds OUTPUT now (jobs.pipeline.lease)
     _lease.takeover-<run id>.json           while a run that took over a stale lease lives
     _manifest.json                          the last finished run (jobs.pipeline.manifest)
@@ -36,6 +38,7 @@ DEFAULT_COLLECTION = "default"
 MANIFEST = "_manifest.json"
 FINGERPRINT = "_fingerprint.json"
 CALIBRATION = "_calibration.json"
+ROTATION = "_rotation.npy"
 LEASE = "_lease.json"
 LEASE_TAKEOVER = "_lease.takeover-"  # + the stale run's id: who replaces a stale lease
 REJECTED = "_rejected"

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 
 from embedder import ReplicaSpec
-from embedder.outputs import CALIBRATED
 from jobs.pipeline import calibration, commit, dry_run, duplicates, manifest, summary
 from jobs.pipeline.folders import MANIFEST, InputError, InputFolder, OutputFolder
 from jobs.pipeline.lease import Lease, LeaseHeld
@@ -81,6 +80,7 @@ class Job:
             "dim": self.dims[0],
             "dims": self.dims,
             "precision": settings.precision,
+            "rotate": settings.rotate,
             "prompt": model_spec.document_prompt_label(),
             "encode_kwargs": model_spec.encode_kwargs,
             "normalized": True,
@@ -151,7 +151,9 @@ def replica_spec_for(job: Job, placement: Placement) -> ReplicaSpec:
     settings = job.settings
     return ReplicaSpec.for_model(
         job.model_spec,
-        job.dims[0],
+        # A rotation mixes every dim: the replica gives the full vector, rotated and then
+        # truncated to the widest dim (embedder.outputs.base_vectors).
+        job.model_spec.native_dim if settings.rotate != "none" else job.dims[0],
         revision=settings.revision,
         trust_remote_code=settings.trust_remote_code,
         max_tokens=job.max_tokens,
@@ -234,7 +236,7 @@ def run_on_ray(job: Job) -> tuple[dict, int]:
         )
         readable = [f for f in job.input_files if f.relpath not in scan.unread]
         replica_spec = replica_spec_for(job, placement)
-        calibrated = calibrate_if_quantizing(job, readable, replica_spec, placement)
+        calibrated = calibrate(job, readable, replica_spec, placement)
         committed = job.output.committed_files()
         t_scan = time.perf_counter()
         stage_spec = StageSpec(
@@ -246,7 +248,8 @@ def run_on_ray(job: Job) -> tuple[dict, int]:
             fingerprint_id=commit.fingerprint_id(job.fingerprint),
             dims=tuple(job.dims),
             precision=settings.precision,
-            ranges=calibrated["ranges"] if calibrated else None,
+            ranges=(calibrated or {}).get("ranges"),
+            rotation=calibration.load_rotation(job.output, calibrated),
         )
         items = work_items(readable, committed, scan.excluded)
         results, replicas = run_pipeline(items, stage_spec, replica_spec, placement)
@@ -277,7 +280,7 @@ def run_on_ray(job: Job) -> tuple[dict, int]:
         timings={
             "wall_seconds": round(time.perf_counter() - t0, 3),
             "ray_start_seconds": round(t_ray - t0, 3),
-            # duplicate-id scan, int8 calibration, listing OUTPUT
+            # duplicate-id scan, calibration (rotation, int8 ranges), listing OUTPUT
             "preparation_seconds": round(t_scan - t_ray, 3),
             "pipeline_seconds": round(t_done - t_scan, 3),
         },
@@ -287,13 +290,10 @@ def run_on_ray(job: Job) -> tuple[dict, int]:
     return record, exit_code_for(record, settings.max_rejected_fraction)
 
 
-def calibrate_if_quantizing(
-    job: Job, readable: list[InputFile], replica_spec: ReplicaSpec, placement: Placement
-):
-    """int8/uint8 ranges for this OUTPUT (recorded or new); None for other precisions."""
+def calibrate(job: Job, readable: list[InputFile], replica_spec: ReplicaSpec, placement):
+    """The rotation and int8/uint8 ranges of this OUTPUT (recorded, or calibrated now from a
+    sample); None when the run needs neither."""
     settings = job.settings
-    if settings.precision not in CALIBRATED:
-        return None
     return calibration.load_or_calibrate(
         job.output,
         lambda: calibration.sample_texts(
@@ -301,6 +301,8 @@ def calibrate_if_quantizing(
         ),
         job.dims,
         calibration.embed_on_ray(replica_spec, placement),
+        settings.precision,
+        settings.rotate,
     )
 
 

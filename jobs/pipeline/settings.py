@@ -70,8 +70,15 @@ class EmbedSettings(BaseSettings):
     precision: Literal["float32", "int8", "uint8", "binary", "ubinary"] = Field(
         "float32", description="also write quantized columns (<column>_<precision>)"
     )
+    rotate: Literal["none", "pca"] = Field(
+        "none",
+        description="rotate vectors into the corpus's principal axes before truncating "
+        "(fitted once per OUTPUT)",
+    )
     calibration_rows: int = Field(
-        1000, ge=1, description="rows sampled once per run to calibrate int8/uint8 ranges"
+        1000,
+        ge=1,
+        description="rows sampled once per OUTPUT to fit the rotation and int8/uint8 ranges",
     )
     text_column: str = Field("text", description="input column holding the text")
     id_column: str = Field("id", description="input column holding the id")

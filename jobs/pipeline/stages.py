@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from embedder import Replica, ReplicaSpec
-from embedder.outputs import output_vectors, vector_column
+from embedder.outputs import base_vectors, output_vectors, vector_column
 from jobs.pipeline import commit
 from jobs.pipeline.blocks import Block, block_status, read_blocks
 from jobs.pipeline.envelopes import envelope, pack, to_table, unpack
@@ -46,6 +46,7 @@ class StageSpec:
     dims: tuple[int, ...]  # widest first
     precision: str = "float32"
     ranges: dict[str, Any] | None = None  # int8/uint8 calibration, per dim
+    rotation: np.ndarray | None = None  # --rotate pca: native x native, orthogonal
 
     @property
     def reuse_column(self) -> str:
@@ -214,12 +215,13 @@ def embed_block(item: dict[str, Any], replica: Replica, stage_spec: StageSpec) -
     table = unpack(item["block"])
     texts = table.column("text").to_pylist()
     keys = commit.row_keys(table.column("id").to_pylist(), texts)
-    dim = replica.spec.dim
+    dim = stage_spec.dims[0]
     reuse = reuse_index(unpack(item["reuse"]), dim) if item["reuse"] else {}
     vectors = np.empty((len(keys), dim), dtype=np.float32)
     todo = [i for i, key in enumerate(keys) if key not in reuse]
     if todo:
-        vectors[todo] = replica.embed([texts[i] for i in todo])
+        encoded = replica.embed([texts[i] for i in todo])
+        vectors[todo] = base_vectors(encoded, stage_spec.rotation, stage_spec.dims[0])
     for i, key in enumerate(keys):
         if key in reuse:
             vectors[i] = reuse[key]

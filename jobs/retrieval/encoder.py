@@ -3,10 +3,10 @@
 Everything comes from OUTPUT's manifest: the model's registry entry (so no registry file is
 needed where queries are embedded), revision, token cap, dims, precision and int8 ranges, and
 the batch settings that fixed-shape batches depend on. The model is loaded through the same
-code as a replica (`embedder.Replica`); vectors are derived by the same function as the job's
-columns (`embedder.outputs.output_vectors`): truncated, re-normalized, quantized with the
-stored ranges. Only the prompt differs: the model's query prompt, or with `as_documents` the
-document prompt, to re-embed a stored row.
+code as a replica (`embedder.Replica`); vectors are derived by the same functions as the job's
+columns (`embedder.outputs`): rotated with the stored rotation, truncated, re-normalized,
+quantized with the stored ranges. Only the prompt differs: the model's query prompt, or with
+`as_documents` the document prompt, to re-embed a stored row.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from embedder import Replica, ReplicaSpec
-from embedder.outputs import output_columns, output_vectors
+from embedder.outputs import base_vectors, output_columns, output_vectors
+from jobs.pipeline.calibration import load_rotation
 from jobs.pipeline.folders import MANIFEST, OutputFolder
 from registry import ModelSpec, check_remote_code
 
@@ -55,6 +56,7 @@ class QueryEncoder:
     def __init__(
         self,
         manifest: dict[str, Any],
+        output: OutputFolder,
         device: str = "auto",
         dtype: str | None = None,
         trust_remote_code: bool = False,
@@ -66,9 +68,10 @@ class QueryEncoder:
         self.dims = list(manifest["dims"])
         self.precision = manifest["precision"]
         self.ranges = (manifest["calibration"] or {}).get("ranges")
+        self.rotation = load_rotation(output, manifest["calibration"])
         replica_spec = ReplicaSpec.for_model(
             self.model_spec,
-            self.dims[0],
+            self.model_spec.native_dim if self.rotation is not None else self.dims[0],
             revision=fingerprint["revision"],
             trust_remote_code=trust_remote_code,
             max_tokens=fingerprint["max_tokens"],
@@ -92,7 +95,7 @@ class QueryEncoder:
         ("auto", "cuda", "cpu"), `dtype` (default: the run's) and `trust_remote_code` may be
         given."""
         output = OutputFolder(uri, storage_options)
-        return cls(check_manifest(output.read_json(MANIFEST), output.uri), **options)
+        return cls(check_manifest(output.read_json(MANIFEST), output.uri), output, **options)
 
     def run_dtype(self) -> str:
         """The precision the run's replicas used, so the floats match; auto when they
@@ -109,4 +112,5 @@ class QueryEncoder:
         """Every vector column of OUTPUT for `texts`: with the model's query prompt, or with
         the document prompt when `as_documents` (to re-embed a stored row)."""
         replica = self.documents if as_documents else self.queries
-        return output_vectors(replica.embed(list(texts)), self.dims, self.precision, self.ranges)
+        base = base_vectors(replica.embed(list(texts)), self.rotation, self.dims[0])
+        return output_vectors(base, self.dims, self.precision, self.ranges)
