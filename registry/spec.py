@@ -63,6 +63,7 @@ class ModelSpec(BaseModel):
     path: StrictStr = ""
     notes: StrictStr = ""
     retention: Retention = {}
+    retention_pca: Retention = {}
     retention_set: StrictStr = ""
 
     @model_validator(mode="before")
@@ -92,7 +93,9 @@ class ModelSpec(BaseModel):
         if self.matryoshka == "none" and self.matryoshka_dims:
             raise ValueError("matryoshka = 'none' but matryoshka_dims are listed")
         bad_retention = [
-            d for d in self.retention if not d.isdigit() or not 0 < int(d) <= self.native_dim
+            d
+            for d in (*self.retention, *self.retention_pca)
+            if not d.isdigit() or not 0 < int(d) <= self.native_dim
         ]
         if bad_retention:
             raise ValueError(f"retention dims {bad_retention} are not in 1..native_dim")
@@ -108,9 +111,15 @@ class ModelSpec(BaseModel):
         nearest = min(measured, key=lambda d: (abs(d - dim), d))
         kept = self.retention[str(nearest)]
         at = f"at {nearest} dims" if nearest == dim else f"at {nearest} dims (nearest measured)"
+        rotated = self.retention_pca.get(str(nearest))
+        with_rotation = (
+            f" ({rotated['recall@10']:.2f} and {rotated['ndcg@10']:.2f} with --rotate pca)"
+            if rotated
+            else ""
+        )
         return (
             f"{self.name} {at} kept {kept['recall@10']:.2f} of recall@10 and "
-            f"{kept['ndcg@10']:.2f} of nDCG@10 on {self.retention_set}"
+            f"{kept['ndcg@10']:.2f} of nDCG@10{with_rotation} on {self.retention_set}"
         )
 
     def document_prompt_label(self) -> str:

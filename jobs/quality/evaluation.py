@@ -2,9 +2,11 @@
 
 Embeds a labelled corpus once at full dim (documents with the registry's document prompt,
 queries with its query prompt), then for each dim truncates, re-normalizes and scores
-recall@10, nDCG@10 and MRR@10, with their retention (score / full-dim score). Writes
-report.json, report.md and report.png to --out and names the recommended dim: the smallest
-that keeps at least --keep of full-dim nDCG@10.
+recall@10, nDCG@10 and MRR@10, with their retention (score / full-dim score); with
+`--rotate pca`, the same again after a rotation fitted on the documents. Adds the
+storage/speed/quality table per dim and precision (jobs/quality/tradeoffs.py). Writes
+report.json, report.md and report.png to --out and names the recommended dim and method:
+the smallest dim that keeps at least --keep of full-dim nDCG@10.
 
 Without --corpus/--queries it uses the built-in code-search set (jobs/quality/evalsets.py).
 """
@@ -20,15 +22,18 @@ from typing import Any
 import numpy as np
 
 from embedder import Replica, ReplicaSpec
+from embedder.rotation import pca_rotation, rotate
 from embedder.vectors import truncate_and_normalize
 from jobs.pipeline.blocks import read_blocks
 from jobs.pipeline.folders import InputFolder
 from jobs.pipeline.reading import Columns
 from jobs.quality import evalsets
+from jobs.quality.metrics import rank, score, with_retention
+from jobs.quality.report import markdown, write_reports
+from jobs.quality.tradeoffs import TIMING_REPEATS, tradeoff_table
 from registry import Registry, RegistryError
 
-K = 10
-METRICS = ("recall@10", "ndcg@10", "mrr@10")
+__all__ = ["evaluate", "rank", "recommend", "recommend_method", "score"]
 
 
 def default_dims(model_spec) -> list[int]:
@@ -53,53 +58,59 @@ def load_labelled_set(corpus_dir: str, queries_file: str) -> tuple[list[dict], l
     return documents, queries
 
 
-def rank(query_vectors: np.ndarray, doc_vectors: np.ndarray, k: int = K) -> np.ndarray:
-    """Indices of the top-k documents per query, best first."""
-    scores = query_vectors @ doc_vectors.T
-    top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
-    order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
-    return np.take_along_axis(top, order, axis=1)
-
-
-def score(ranked: np.ndarray, doc_ids: list[str], queries: list[dict]) -> dict[str, float]:
-    """Mean recall@10, nDCG@10 (binary relevance) and MRR@10 over the queries."""
-    recall, ndcg, mrr = [], [], []
-    for row, query in zip(ranked, queries):
-        relevant = set(query["relevant"])
-        hits = [doc_ids[i] in relevant for i in row[:K]]
-        recall.append(sum(hits) / len(relevant))
-        dcg = sum(1 / np.log2(pos + 2) for pos, hit in enumerate(hits) if hit)
-        ideal = sum(1 / np.log2(pos + 2) for pos in range(min(len(relevant), K)))
-        ndcg.append(dcg / ideal)
-        mrr.append(next((1 / (pos + 1) for pos, hit in enumerate(hits) if hit), 0.0))
-    return {
-        "recall@10": float(np.mean(recall)),
-        "ndcg@10": float(np.mean(ndcg)),
-        "mrr@10": float(np.mean(mrr)),
-    }
+def quality_by_dim(
+    doc_vectors: np.ndarray,
+    query_vectors: np.ndarray,
+    doc_ids: list[str],
+    queries: list[dict],
+    dims: list[int],
+    full: dict[str, float] | None = None,
+) -> dict[int, dict[str, float]]:
+    """Scores per dim, widest first, each with its retention: the share it keeps of `full`
+    (default: the widest dim's own scores)."""
+    per_dim = {}
+    for dim in sorted(dims, reverse=True):
+        docs = truncate_and_normalize(doc_vectors, dim)
+        asked = truncate_and_normalize(query_vectors, dim)
+        per_dim[dim] = score(rank(asked, docs), doc_ids, queries)
+    full = full or per_dim[max(per_dim)]
+    return {dim: with_retention(scores, full) for dim, scores in per_dim.items()}
 
 
 def evaluate(
-    replica: Replica, model_spec, documents: list[dict], queries: list[dict], dims: list[int]
+    replica: Replica,
+    model_spec,
+    documents: list[dict],
+    queries: list[dict],
+    dims: list[int],
+    rotate_pca: bool = False,
+    repeats: int = TIMING_REPEATS,
 ) -> dict[str, Any]:
-    """Scores and retention per dim, from one full-dim encode of documents and queries."""
+    """Scores and retention per dim from one full-dim encode of documents and queries, the
+    storage/speed/quality table, and with `rotate_pca` the same after a rotation fitted on
+    the documents alone (never on the queries)."""
     doc_ids = [d["id"] for d in documents]
     known = set(doc_ids)
     queries = [q for q in queries if set(q["relevant"]) & known]
     doc_full = replica.embed([d["text"] for d in documents])
     query_replica = replica.for_prompt(model_spec.query_prompt, model_spec.query_prompt_name)
     query_full = query_replica.embed([q["query"] for q in queries])
-    per_dim = {}
-    for dim in sorted(dims, reverse=True):
-        docs = truncate_and_normalize(doc_full, dim)
-        query_vectors = truncate_and_normalize(query_full, dim)
-        per_dim[dim] = score(rank(query_vectors, docs), doc_ids, queries)
-    full = per_dim[max(per_dim)]
-    for scores in per_dim.values():
-        for metric in METRICS:
-            base = full[metric]
-            scores[f"{metric} retention"] = scores[metric] / base if base else 0.0
-    return {"documents": len(documents), "queries": len(queries), "dims": per_dim}
+    plain = quality_by_dim(doc_full, query_full, doc_ids, queries, dims)
+    table = tradeoff_table(doc_full, query_full, doc_ids, queries, dims, repeats)
+    result = {"documents": len(documents), "queries": len(queries), "dims": plain}
+    if rotate_pca:
+        rotation = pca_rotation(doc_full)
+        doc_rotated, query_rotated = rotate(doc_full, rotation), rotate(query_full, rotation)
+        full = plain[max(plain)]
+        result["rotated"] = quality_by_dim(doc_rotated, query_rotated, doc_ids, queries, dims, full)
+        rotated_table = tradeoff_table(
+            doc_rotated, query_rotated, doc_ids, queries, dims, repeats=1
+        )
+        for row, rotated_row in zip(table, rotated_table):
+            for metric in ("ndcg@10 retention", "recall@10 retention"):
+                row[f"{metric} (pca)"] = rotated_row[metric]
+    result["tradeoffs"] = table
+    return result
 
 
 def recommend(per_dim: dict[int, dict[str, float]], keep: float) -> int:
@@ -108,58 +119,17 @@ def recommend(per_dim: dict[int, dict[str, float]], keep: float) -> int:
     return min(good) if good else max(per_dim)
 
 
-def write_reports(out: Path, report: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(markdown(report))
-    plot(report, out / "report.png")
-
-
-def markdown(report: dict[str, Any]) -> str:
-    lines = [
-        f"# {report['model']}: retrieval quality by dim",
-        "",
-        f"Set: {report['set']} ({report['documents']} documents, {report['queries']} queries).",
-        "Retention = score at that dim / score at the full dim.",
-        "",
-        "| dim | recall@10 | nDCG@10 | MRR@10 | recall ret. | nDCG ret. | MRR ret. |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for dim, s in sorted(report["dims"].items(), key=lambda kv: -int(kv[0])):
-        lines.append(
-            f"| {dim} | {s['recall@10']:.4f} | {s['ndcg@10']:.4f} | {s['mrr@10']:.4f} | "
-            f"{s['recall@10 retention']:.3f} | {s['ndcg@10 retention']:.3f} | "
-            f"{s['mrr@10 retention']:.3f} |"
-        )
-    lines += [
-        "",
-        f"Recommended dim: **{report['recommended_dim']}** (the smallest keeping at least "
-        f"{report['keep']:.2f} of full-dim nDCG@10).",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless
-    import matplotlib.pyplot as plt
-
-    dims = sorted(int(d) for d in report["dims"])
-    figure, axis = plt.subplots(figsize=(6, 4), dpi=120)
-    for metric in METRICS:
-        axis.plot(dims, [report["dims"][str(d)][metric] for d in dims], marker="o", label=metric)
-    axis.axvline(report["recommended_dim"], color="grey", linestyle="--", label="recommended")
-    axis.set_xscale("log", base=2)
-    axis.set_xticks(dims, [str(d) for d in dims])
-    axis.set_xlabel("dim")
-    axis.set_ylabel("score")
-    axis.set_title(f"{report['model']} on {report['set']}")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+def recommend_method(
+    plain: dict[int, dict[str, float]], rotated: dict[int, dict[str, float]] | None, keep: float
+) -> tuple[int, str]:
+    """The smallest dim that keeps `keep` of full-dim nDCG@10 with either method, and the
+    method: plain truncation when it does as well (it needs no rotation)."""
+    best = (recommend(plain, keep), "plain truncation")
+    if rotated:
+        dim = recommend(rotated, keep)
+        if dim < best[0]:
+            best = (dim, "--rotate pca")
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--revision", default="")
+    parser.add_argument(
+        "--rotate",
+        choices=("none", "pca"),
+        default="none",
+        help="also score each dim after a rotation into the documents' principal axes",
+    )
     args = parser.parse_args(argv)
     try:
         model_spec = Registry.load(args.registry_file).get(args.model)
@@ -206,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
         )
     )
-    result = evaluate(replica, model_spec, documents, queries, dims)
-    result["dims"] = {str(d): s for d, s in result["dims"].items()}
+    result = evaluate(replica, model_spec, documents, queries, dims, args.rotate == "pca")
+    dim, method = recommend_method(result["dims"], result.get("rotated"), args.keep)
     report = {
         "model": model_spec.name,
         "hf_id": model_spec.hf_id,
@@ -215,8 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": replica.dtype,
         "keep": args.keep,
         **result,
-        "recommended_dim": recommend({int(d): s for d, s in result["dims"].items()}, args.keep),
+        "dims": {str(d): s for d, s in result["dims"].items()},
+        "recommended_dim": dim,
+        "recommended_method": method,
     }
+    if "rotated" in result:
+        report["rotated"] = {str(d): s for d, s in result["rotated"].items()}
     write_reports(Path(args.out), report)
     print(markdown(report))
     print(f"reports in {args.out}/ (report.json, report.md, report.png)")
