@@ -24,6 +24,7 @@ from embedder.batching import (
     plan_micro_batches,
 )
 from embedder.device import choose_dtype, resolve_device, torch_dtype
+from embedder.source import resolve_source
 from embedder.vectors import bad_rows, truncate_and_normalize
 
 
@@ -31,7 +32,7 @@ from embedder.vectors import bad_rows, truncate_and_normalize
 class ReplicaSpec:
     """A small, picklable description of the model to build inside the worker."""
 
-    source: str
+    source: str  # a hub id or a folder; see local_package
     source_is_local: bool
     dim: int
     revision: str = ""
@@ -47,6 +48,8 @@ class ReplicaSpec:
     max_batch_tokens: int | None = None  # None: a default for the device
     batch_size: int = 256  # the most texts in one micro-batch, whatever their length
     cpu_threads: int | None = None
+    # A package that ships the weights, looked up where the model is loaded (embedder.source).
+    local_package: str = ""
     # Encode in batches whose shape is set by the texts' own lengths, so a text's vector does
     # not depend on what it was batched with (quantized codes need it: plan_fixed_shape_batches).
     fixed_shape_batches: bool = False
@@ -56,11 +59,12 @@ class ReplicaSpec:
         cls, model, dim: int, *, revision: str = "", trust_remote_code: bool = False, **runtime
     ) -> ReplicaSpec:
         """From a registry entry (registry.ModelSpec) plus this run's choices (device, dtype,
-        batch sizes...): where the weights are, the document prompt, the encode arguments."""
-        source, local = model.model_source()
+        batch sizes...): what names the weights (resolved where the model loads), the document
+        prompt, the encode arguments."""
         return cls(
-            source=source,
-            source_is_local=local,
+            source=model.path or model.hf_id,
+            source_is_local=bool(model.path),
+            local_package="" if model.path else model.local_package,
             dim=dim,
             revision=revision or model.revision,
             trust_remote_code=trust_remote_code and model.trust_remote_code,
@@ -306,7 +310,8 @@ def load_model(spec: ReplicaSpec, device: str, dtype: str):
         "trust_remote_code": spec.trust_remote_code,
         "backend": spec.backend,
     }
-    if spec.source_is_local:
+    source, is_local = resolve_source(spec.source, spec.source_is_local, spec.local_package)
+    if is_local:
         kwargs["local_files_only"] = True
     elif spec.revision:
         kwargs["revision"] = spec.revision
@@ -314,7 +319,7 @@ def load_model(spec: ReplicaSpec, device: str, dtype: str):
         # Loaded in the dtype it runs in: loading in fp32 and then casting would hold both
         # copies at once (e5-mistral-7b: 28 GB on the way to 14 GB).
         kwargs["model_kwargs"] = {"dtype": torch_dtype(dtype)}
-    model = SentenceTransformer(spec.source, **kwargs)
+    model = SentenceTransformer(source, **kwargs)
     if spec.backend == "torch" and dtype != "fp32":
         # Modules outside the transformer (pooling, dense heads) are small: cast them too.
         # Parameters already in this dtype are not copied.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import ErrorDetails
+
+from embedder.source import resolve_source
 
 SEED_FILE = Path(__file__).with_name("models.toml")
 Matryoshka = Literal["confirmed", "unknown", "none"]
@@ -140,16 +141,7 @@ class ModelSpec(BaseModel):
         A user's `path` wins; then a package that ships the weights (so the bundled
         all-MiniLM-L6-v2 loads offline); then the hub id.
         """
-        if self.path:
-            return self.path, True
-        if self.local_package:
-            try:
-                package = importlib.import_module(self.local_package)
-            except ImportError:
-                pass
-            else:
-                return str(package.get_model_path()), True
-        return self.hf_id, False
+        return resolve_source(self.path or self.hf_id, bool(self.path), self.local_package)
 
 
 def spec_from_entry(name: str, entry: Any, origin: str) -> ModelSpec:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from jobs.pipeline.job import prepare_job, replica_spec_for
-from jobs.pipeline.placement import place_replicas
+from jobs.pipeline.placement import Node, place_replicas
 from jobs.pipeline.settings import EmbedSettings
 from tests.conftest import write_jsonl
 
@@ -27,7 +27,7 @@ def test_the_registrys_max_tokens_caps_every_text_unless_the_run_sets_its_own(tm
     )
     job = prepare_job(settings)
     assert job.max_tokens == 32 and job.fingerprint["max_tokens"] == 32
-    replica = Replica(replica_spec_for(job, place_replicas(2, 0)))
+    replica = Replica(replica_spec_for(job, place_replicas([Node(2)])))
     assert replica.max_seq_length == 32
     replica.embed(["word " * 100])
     assert replica.stats.truncated_texts == 1 and replica.stats.tokens == 32

@@ -16,7 +16,15 @@ DOCS_2 = "collection=docs/part-aaaaaaaaaaaaaaaa-000002048.parquet"
 def results() -> list[dict]:
     written = [{"relpath": DOCS, "rows": 5}, {"relpath": FAQ, "rows": 2}]
     return [
-        envelope(block_id="a-0", rows=7, embedded=4, reused=3, files=written, written=True),
+        envelope(
+            block_id="a-0",
+            rows=7,
+            embedded=4,
+            reused=3,
+            files=written,
+            written=True,
+            replica_id="r1",
+        ),  # fmt: skip
         envelope(block_id="a-2048", rows=6, skipped=6, files=[{"relpath": DOCS_2, "rows": 6}]),
         envelope(
             rejected=3,
@@ -82,3 +90,38 @@ def test_devices_are_named_by_gpu():
         {"device": "cpu", "gpu_name": ""}
     ]
     assert device_names(replicas) == ["cpu", "cuda (Tesla T4)"]
+
+
+def test_per_replica_rows_add_up_to_rows_embedded_when_a_replica_is_lost():
+    """r1 encoded six rows but its node died before one block of two was written: r2 redid
+    that block. Committed rows count for the replica whose block was written."""
+    results = [
+        envelope(block_id="a-0", rows=4, embedded=4, files=[{"relpath": DOCS, "rows": 4}],
+                 written=True, replica_id="r1"),
+        envelope(block_id="a-4", rows=2, embedded=2, files=[{"relpath": DOCS_2, "rows": 2}],
+                 written=True, replica_id="r2"),
+    ]  # fmt: skip
+    figures = {"device": "cpu", "gpu_name": "", "dtype": "fp32", "tokens": 1, "padded_tokens": 1,
+               "truncated_texts": 0, "encode_seconds": 1.0, "alive_seconds": 1.0}  # fmt: skip
+    replicas = [
+        {"replica_id": "r1", "rows": 6, "lost": True, **figures},
+        {"replica_id": "r2", "rows": 2, "lost": False, **figures},
+    ]
+    model_spec = Registry.load().get("all-miniLM-l6")
+    tally = Tally.of(results)
+    record = build_manifest(
+        model_spec=model_spec,
+        truncations=[check_truncation(model_spec, 384, False)],
+        calibration=None,
+        fingerprint={},
+        settings_public={},
+        replicas=replicas,
+        tally=tally,
+        collections=collection_figures(tally.files, {}),
+        timings={"wall_seconds": 1.0},
+        started_at=dt.datetime(2026, 11, 28, tzinfo=dt.UTC),
+    )
+    per_replica = {r["replica_id"]: r for r in record["per_replica"]}
+    assert (per_replica["r1"]["rows"], per_replica["r1"]["rows_encoded"]) == (4, 6)
+    assert per_replica["r1"]["lost"] and not per_replica["r2"]["lost"]
+    assert sum(r["rows"] for r in record["per_replica"]) == record["rows_embedded"] == 6

@@ -8,36 +8,56 @@ import json
 import numpy as np
 import pytest
 
-from jobs.pipeline.placement import PlacementError, place_replicas
+from jobs.pipeline.placement import Node, PlacementError, place_replicas
+
+
+def on_one_node(cpus: float, gpus: float = 0, *rest, **options):
+    """A one-node cluster, as these tests were first written for."""
+    return place_replicas([Node(cpus, gpus)], *rest, **options)
 
 
 def test_one_replica_per_gpu_by_default():
-    placement = place_replicas(cluster_cpus=8, cluster_gpus=2)
+    placement = on_one_node(8, 2)
     assert (placement.replicas, placement.gpus_per_replica, placement.cpus_per_replica) == (2, 1, 1)
-    assert place_replicas(cluster_cpus=64, cluster_gpus=8).replicas == 8
+    assert on_one_node(64, 8).replicas == 8
 
 
 def test_cpu_replicas_leave_a_cpu_for_io():
-    assert place_replicas(cluster_cpus=2, cluster_gpus=0) == place_replicas(2, 0, None, None, None)
-    two_core = place_replicas(cluster_cpus=2, cluster_gpus=0)
+    assert on_one_node(2, 0) == on_one_node(2, 0, None, None, None)
+    two_core = on_one_node(2, 0)
     assert (two_core.replicas, two_core.gpus_per_replica, two_core.cpus_per_replica) == (1, 0, 1)
-    sixteen = place_replicas(cluster_cpus=16, cluster_gpus=0)
+    sixteen = on_one_node(16, 0)
     assert sixteen.replicas * sixteen.cpus_per_replica <= 15
-    assert (
-        place_replicas(cluster_cpus=16, cluster_gpus=0, replicas=3, cpus_per_replica=4).replicas
-        == 3
-    )
+    assert on_one_node(16, 0, replicas=3, cpus_per_replica=4).replicas == 3
 
 
 def test_requests_that_cannot_fit_are_refused():
     with pytest.raises(PlacementError, match="leaves|stays free"):
-        place_replicas(cluster_cpus=2, cluster_gpus=0, replicas=2)
+        on_one_node(2, 0, replicas=2)
     with pytest.raises(PlacementError, match="GPU"):
-        place_replicas(cluster_cpus=8, cluster_gpus=2, replicas=3)
+        on_one_node(8, 2, replicas=3)
+
+
+def test_replicas_are_sized_and_counted_node_by_node():
+    # Three 4-CPU nodes: no 8-CPU replica (no node could host it), two of 4, one CPU left.
+    three = place_replicas([Node(4, name="a"), Node(4, name="b"), Node(4, name="c")])
+    assert (three.replicas, three.cpus_per_replica, three.torch_threads) == (2, 4, 4)
+    # Uneven nodes of 2 and 4 CPUs: one replica of 4 on the larger node.
+    uneven = place_replicas([Node(2, name="small"), Node(4, name="large")])
+    assert (uneven.replicas, uneven.cpus_per_replica) == (1, 4)
+    assert place_replicas([Node(2), Node(4)], cpus_per_replica=2).replicas == 2
+    # A replica larger than every node is refused, naming the largest.
+    with pytest.raises(PlacementError, match=r"largest node \(large\) has 4 CPUs"):
+        place_replicas([Node(2, name="small"), Node(4, name="large")], cpus_per_replica=6)
+    # GPU replicas: per node, as many as its GPUs and its CPUs allow.
+    gpus = place_replicas([Node(2, 0, "head"), Node(1, 1, "w1"), Node(1, 1, "w2")])
+    assert (gpus.replicas, gpus.gpus_per_replica, gpus.cpus_per_replica) == (2, 1, 1)
+    with pytest.raises(PlacementError, match=r"fit no more than 1 .* \(w1\) has 2 GPU and 1 CPU"):
+        place_replicas([Node(2, 0, "head"), Node(1, 2, "w1")], cpus_per_replica=1, replicas=2)
 
 
 def test_gpus_per_replica_zero_forces_cpu_placement():
-    placement = place_replicas(cluster_cpus=4, cluster_gpus=2, gpus_per_replica=0)
+    placement = on_one_node(4, 2, gpus_per_replica=0)
     assert placement.gpus_per_replica == 0 and not placement.on_gpus
 
 
@@ -143,7 +163,7 @@ def assert_codes_match_a_lone_replica(output, expected, model_path) -> None:
 
 
 def test_a_lone_cpu_replica_also_encodes_on_the_io_cpu():
-    assert place_replicas(cluster_cpus=2, cluster_gpus=0).torch_threads == 2
-    assert place_replicas(cluster_cpus=2, cluster_gpus=0, cpus_per_replica=1).torch_threads == 1
-    several = place_replicas(cluster_cpus=32, cluster_gpus=0)
+    assert on_one_node(2, 0).torch_threads == 2
+    assert on_one_node(2, 0, cpus_per_replica=1).torch_threads == 1
+    several = on_one_node(32, 0)
     assert several.replicas > 1 and several.torch_threads == several.cpus_per_replica

@@ -30,6 +30,7 @@ SCHEMA = pa.schema(
         ("reuse", pa.binary()),  # earlier vectors (key, embedding); empty when none
         ("files", pa.list_(FILE_ENTRY)),  # the block's output files after this run
         ("written", pa.bool_()),  # whether this run wrote the block's files
+        ("replica_id", pa.string()),  # the replica that embedded the block's rows
         # A file's closing envelope: its rejections, and whether it was read to the end.
         ("file", pa.string()),  # path under INPUT
         ("rejected", pa.int64()),
@@ -51,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "reuse": b"",
     "files": [],
     "written": False,
+    "replica_id": "",
     "file": "",
     "rejected": 0,
     "rejected_by_kind": [],

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from embedder import ReplicaSpec
 from jobs.pipeline import calibration, commit, dry_run, duplicates, manifest, summary
 from jobs.pipeline.folders import MANIFEST, InputError, InputFolder, OutputFolder
-from jobs.pipeline.lease import Lease, LeaseHeld
-from jobs.pipeline.placement import Placement, PlacementError, place_replicas
+from jobs.pipeline.lease import Lease, LeaseHeld, check_free
+from jobs.pipeline.placement import Node, Placement, PlacementError, place_replicas
 from jobs.pipeline.reading import Columns
 from jobs.pipeline.settings import EmbedSettings, SettingsError, describe_config, load_settings
 from jobs.pipeline.stages import StageSpec, run_pipeline, unread_envelope, work_items
@@ -36,6 +36,11 @@ log = logging.getLogger("embed")
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_TOO_MANY_REJECTED = 0, 1, 2, 3
 
+
+class LocalPathOnCluster(ValueError):
+    """A local INPUT/OUTPUT path on a cluster of several nodes, not declared shared."""
+
+
 REFUSALS = (
     SettingsError,
     RegistryError,
@@ -43,6 +48,8 @@ REFUSALS = (
     InputError,
     commit.FingerprintMismatch,
     PlacementError,
+    LocalPathOnCluster,
+    LeaseHeld,
 )
 
 
@@ -110,6 +117,8 @@ def prepare_job(settings: EmbedSettings) -> Job:
     job = Job(settings, model_spec, truncations, input_folder, output, input_files)
     if not settings.overwrite:  # an OUTPUT that --overwrite clears cannot refuse the run
         commit.claim_output(output, job.fingerprint, write=False)
+    if not settings.dry_run:
+        check_free(output, settings.lease_timeout)
     return job
 
 
@@ -201,69 +210,113 @@ def cluster_resources() -> tuple[float, float, str]:
 
 
 def run_job(job: Job) -> tuple[dict, int]:
-    """Hold OUTPUT's lease (LeaseHeld if another run does), claim OUTPUT, run the pipeline
-    and write the manifest; returns it with the exit code."""
-    with Lease.take(job.output, job.settings.lease_timeout):
-        prepare_output(job)
-        return run_on_ray(job)
-
-
-def run_on_ray(job: Job) -> tuple[dict, int]:
+    """Start (or join) Ray, check the cluster can host the run, hold OUTPUT's lease (LeaseHeld
+    if another run does), claim OUTPUT, run the pipeline and write the manifest; returns it
+    with the exit code."""
     import ray
 
-    settings = job.settings
     started_at = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     started_here = start_ray()
     try:
-        cpus, gpus, accelerators = cluster_resources()
-        placement = place_replicas(
-            cpus, gpus, settings.replicas, settings.gpus_per_replica, settings.cpus_per_replica
-        )
-        log.info(
-            "cluster: %g CPU, %g GPU%s -> %d replica(s), %g GPU and %d CPU each; %d input file(s)",
-            cpus,
-            gpus,
-            f" ({accelerators})" if accelerators else "",
-            placement.replicas,
-            placement.gpus_per_replica,
-            placement.cpus_per_replica,
-            len(job.input_files),
-        )
-        t_ray = time.perf_counter()
-        scan = duplicates.find_corpus_duplicates(
-            job.input, job.input_files, job.columns, settings.block_rows
-        )
-        readable = [f for f in job.input_files if f.relpath not in scan.unread]
-        replica_spec = replica_spec_for(job, placement)
-        calibrated = calibrate(job, readable, replica_spec, placement)
-        committed = job.output.committed_files()
-        t_scan = time.perf_counter()
-        stage_spec = StageSpec(
-            input=job.input,
-            output=job.output,
-            columns=job.columns,
-            block_rows=settings.block_rows,
-            drop_text=settings.drop_text,
-            fingerprint_id=commit.fingerprint_id(job.fingerprint),
-            dims=tuple(job.dims),
-            precision=settings.precision,
-            ranges=(calibrated or {}).get("ranges"),
-            rotation=calibration.load_rotation(job.output, calibrated),
-        )
-        items = work_items(readable, committed, scan.excluded)
-        results, replicas = run_pipeline(items, stage_spec, replica_spec, placement)
-        t_done = time.perf_counter()
-        for input_file in job.input_files:
-            if input_file.relpath in scan.unread:
-                error, untouched = (
-                    scan.unread[input_file.relpath],
-                    committed.get(input_file.path_hash, []),
-                )
-                results.append(unread_envelope(input_file, error, untouched, job.output))
+        placement = plan_cluster(job)
+        with Lease.take(job.output, job.settings.lease_timeout):
+            prepare_output(job)
+            return run_on_ray(job, placement, started_at, t0)
     finally:
         if started_here:
             ray.shutdown()
+
+
+def plan_cluster(job: Job) -> Placement:
+    """The replicas, sized node by node; refused (nothing written yet) when they cannot fit or
+    when a local path would be read or written by several nodes."""
+    settings = job.settings
+    nodes = alive_nodes()
+    check_shared_storage(job, nodes)
+    placement = place_replicas(
+        nodes, settings.replicas, settings.gpus_per_replica, settings.cpus_per_replica
+    )
+    cpus, gpus, accelerators = cluster_resources()
+    log.info(
+        "cluster: %d node(s), %g CPU, %g GPU%s -> %d replica(s), %g GPU and %d CPU each; "
+        "%d input file(s)",
+        len(nodes),
+        cpus,
+        gpus,
+        f" ({accelerators})" if accelerators else "",
+        placement.replicas,
+        placement.gpus_per_replica,
+        placement.cpus_per_replica,
+        len(job.input_files),
+    )
+    return placement
+
+
+def alive_nodes() -> list[Node]:
+    """The nodes Ray has alive now, with what each offers."""
+    import ray
+
+    return [
+        Node(
+            node["Resources"].get("CPU", 0.0),
+            node["Resources"].get("GPU", 0.0),
+            f"{node.get('NodeManagerAddress', '?')}, node {node['NodeID'][:8]}",
+        )
+        for node in ray.nodes()
+        if node.get("Alive")
+    ]
+
+
+def check_shared_storage(job: Job, nodes: list[Node]) -> None:
+    """Local INPUT/OUTPUT paths on a cluster of several nodes would be each node's own disk:
+    refused unless the user says the path is shared."""
+    if len(nodes) < 2 or job.settings.shared_filesystem:
+        return
+    folders = (("INPUT", job.input), ("OUTPUT", job.output))
+    local = [name for name, folder in folders if folder.is_local]
+    if local:
+        raise LocalPathOnCluster(
+            f"{' and '.join(local)} {'is a local path' if len(local) == 1 else 'are local paths'}"
+            f", but this Ray cluster has {len(nodes)} nodes: each would read and write its own "
+            "disk, and the driver would list only its own. Use object storage (s3://, gs://, "
+            "...), or pass --shared-filesystem (EMBED_SHARED_FILESYSTEM=1) if the path is a "
+            "mount that every node shares (NFS, Lustre)."
+        )
+
+
+def run_on_ray(job: Job, placement: Placement, started_at, t0: float) -> tuple[dict, int]:
+    """Duplicate scan, calibration, the pipeline, the stale sweep and the manifest."""
+    settings = job.settings
+    t_ray = time.perf_counter()
+    scan = duplicates.find_corpus_duplicates(
+        job.input, job.input_files, job.columns, settings.block_rows
+    )
+    readable = [f for f in job.input_files if f.relpath not in scan.unread]
+    replica_spec = replica_spec_for(job, placement)
+    calibrated = calibrate(job, readable, replica_spec, placement)
+    committed = job.output.committed_files()
+    t_scan = time.perf_counter()
+    stage_spec = StageSpec(
+        input=job.input,
+        output=job.output,
+        columns=job.columns,
+        block_rows=settings.block_rows,
+        drop_text=settings.drop_text,
+        fingerprint_id=commit.fingerprint_id(job.fingerprint),
+        dims=tuple(job.dims),
+        precision=settings.precision,
+        ranges=(calibrated or {}).get("ranges"),
+        rotation=calibration.load_rotation(job.output, calibrated),
+    )
+    items = work_items(readable, committed, scan.excluded)
+    results, replicas = run_pipeline(items, stage_spec, replica_spec, placement)
+    t_done = time.perf_counter()
+    for input_file in job.input_files:
+        if input_file.relpath in scan.unread:
+            untouched = committed.get(input_file.path_hash, [])
+            error = scan.unread[input_file.relpath]
+            results.append(unread_envelope(input_file, error, untouched, job.output))
     tally = manifest.Tally.of(results)
     for relpath in job.output.remove_stale(tally.current_files()):
         log.info("removed from OUTPUT, no longer part of the input: %s", relpath)
@@ -376,12 +429,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_REFUSED
     if job.settings.dry_run:
         # Timed with the replica this machine would run: a lone CPU replica on two cores.
-        replica_spec = replica_spec_for(job, place_replicas(2, 0))
+        replica_spec = replica_spec_for(job, place_replicas([Node(2)]))
         print(dry_run.describe(dry_run.survey(job, replica_spec)))
         return EXIT_OK
     try:
         record, code = run_job(job)
-    except (*REFUSALS, LeaseHeld) as err:
+    except REFUSALS as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_REFUSED
     print(summary.render(record, job.output.url(MANIFEST)))

@@ -83,6 +83,22 @@ def why_stale(record: dict[str, Any], timeout: float) -> str:
     return ""
 
 
+def held_by(output: OutputFolder, holder: dict[str, Any]) -> LeaseHeld:
+    return LeaseHeld(
+        f"OUTPUT {output.uri!r} is held by {describe(holder)}, last heartbeat "
+        f"{heartbeat_age(holder):.0f} s ago. Wait for it to finish, or remove "
+        f"{LEASE} from OUTPUT if you know that run is gone."
+    )
+
+
+def check_free(output: OutputFolder, timeout: float) -> None:
+    """LeaseHeld if a live run holds OUTPUT now: a run refuses before it starts anything
+    (Lease.take decides for good later)."""
+    holder = output.read_json(LEASE)
+    if holder is not None and not why_stale(holder, timeout):
+        raise held_by(output, holder)
+
+
 def take_over(output: OutputFolder, holder: dict[str, Any], record: dict[str, Any]) -> str:
     """Replace a stale lease with this run's, if this run is the first to claim that stale
     lease; returns the takeover marker, or "" when another run got there first."""
@@ -129,11 +145,7 @@ class Lease:
                 continue
             stale = why_stale(holder, timeout)
             if not stale:
-                raise LeaseHeld(
-                    f"OUTPUT {output.uri!r} is held by {describe(holder)}, last heartbeat "
-                    f"{heartbeat_age(holder):.0f} s ago. Wait for it to finish, or remove "
-                    f"{LEASE} from OUTPUT if you know that run is gone."
-                )
+                raise held_by(output, holder)
             marker = take_over(output, holder, record)
             if marker:
                 log.warning("took over the lease of %s: %s", describe(holder), stale)

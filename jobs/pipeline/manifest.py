@@ -30,6 +30,9 @@ class Tally:
     embedded: int = 0
     reused: int = 0
     files_written: int = 0
+    # Rows each replica embedded in blocks that were committed (a block a lost replica had
+    # not written counts for the replica that redid it).
+    embedded_by_replica: Counter = field(default_factory=Counter)
     rejected: int = 0
     rejected_by_kind: Counter = field(default_factory=Counter)
     files: dict[str, int] = field(default_factory=dict)  # block file -> rows, written or kept
@@ -53,6 +56,7 @@ class Tally:
                 tally.files[entry["relpath"]] = entry["rows"]
             if result["written"]:
                 tally.files_written += len(result["files"])
+                tally.embedded_by_replica[result["replica_id"]] += result["embedded"]
             if result["rejections_file"]:
                 tally.rejection_files.add(result["rejections_file"])
             if result["cut_at"] >= 0:
@@ -84,11 +88,16 @@ def collection_figures(files: dict[str, int], sizes: dict[str, int]) -> dict[str
     return figures
 
 
-def summarize_replicas(replicas: list[dict[str, Any]]) -> dict[str, Any]:
-    """Totals over replicas, and each replica's own rates (added to each entry)."""
+def summarize_replicas(replicas: list[dict[str, Any]], tally: Tally) -> dict[str, Any]:
+    """Totals over replicas, and each replica's own figures (added to each entry): `rows`
+    that it embedded and that were committed (they add up to rows_embedded), `rows_encoded`
+    (everything it encoded, work lost with it included), rates over its encoding time."""
     for replica in replicas:
+        replica["rows_encoded"] = replica.pop("rows")
+        replica["rows"] = tally.embedded_by_replica.get(replica["replica_id"], 0)
         encode = replica.get("encode_seconds") or 0.0
-        replica["rows_per_second"] = round(replica["rows"] / encode, 2) if encode else 0.0
+        rate = replica["rows_encoded"] / encode if encode else 0.0
+        replica["rows_per_second"] = round(rate, 2)
         replica["tokens_per_second"] = round(replica["tokens"] / encode, 2) if encode else 0.0
         alive = replica.get("alive_seconds") or 0.0
         replica["encode_share"] = round(encode / alive, 3) if alive else 0.0
@@ -127,7 +136,7 @@ def build_manifest(
     (finished blocks, and unchanged rows of edited blocks whose vectors were reused);
     `rows_in_output` what OUTPUT holds now.
     """
-    totals = summarize_replicas(replicas)
+    totals = summarize_replicas(replicas, tally)
     widest = truncations[0]
     wall = timings.get("wall_seconds") or 0.0
     dtypes = sorted({r["dtype"] for r in replicas})

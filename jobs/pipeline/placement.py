@@ -1,10 +1,15 @@
-"""How many replicas, and what each one reserves, from the cluster's resources."""
+"""How many replicas, and what each one reserves, from the resources of each node.
+
+A replica is one Ray actor: everything it reserves must fit one node. So replicas are sized
+and counted node by node, never from the cluster's totals (three 4-CPU nodes hold no 8-CPU
+replica, and a job that asked for one would wait forever).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# CPUs a local run keeps free for Ray Data's read and write tasks: with none free, the read
+# CPUs the cluster keeps free for Ray Data's read and write tasks: with none free, the read
 # task never gets scheduled and the job hangs without an error.
 CPUS_KEPT_FOR_IO = 1
 MAX_DEFAULT_CPU_THREADS = 8
@@ -15,13 +20,22 @@ class PlacementError(ValueError):
 
 
 @dataclass(frozen=True)
+class Node:
+    """What one alive Ray node offers."""
+
+    cpus: float
+    gpus: float = 0.0
+    name: str = ""  # how messages name it (its address)
+
+
+@dataclass(frozen=True)
 class Placement:
     replicas: int
     gpus_per_replica: float
     cpus_per_replica: int
-    # Threads torch may use on a CPU replica. A lone CPU replica also gets the CPU kept for
-    # I/O: Ray's reservation keeps read and write tasks schedulable, and since they run in
-    # short bursts, leaving that core idle in between would cost a whole core of encoding.
+    # Threads torch may use on a CPU replica. A lone CPU replica on a lone node also gets the
+    # CPU kept for I/O: Ray's reservation keeps read and write tasks schedulable, and since
+    # they run in short bursts, leaving that core idle in between would cost a whole core.
     torch_threads: int = 1
 
     @property
@@ -30,30 +44,59 @@ class Placement:
 
 
 def place_replicas(
-    cluster_cpus: float,
-    cluster_gpus: float,
+    nodes: list[Node],
     replicas: int | None = None,
     gpus_per_replica: float | None = None,
     cpus_per_replica: int | None = None,
 ) -> Placement:
-    """One replica per GPU when there are GPUs; otherwise CPU replicas that leave room for I/O."""
-    gpus_each = gpus_per_replica if gpus_per_replica is not None else (1 if cluster_gpus else 0)
+    """One replica per GPU when there are GPUs; otherwise CPU replicas that leave room for
+    I/O. Each replica fits the node that hosts it."""
+    total_gpus = sum(node.gpus for node in nodes)
+    gpus_each = gpus_per_replica if gpus_per_replica is not None else (1 if total_gpus else 0)
     if gpus_each > 0:
-        count = replicas or int(cluster_gpus // gpus_each)
-        if count < 1 or count * gpus_each > cluster_gpus:
-            raise PlacementError(
-                f"{count or 1} replica(s) x {gpus_each} GPU need more than the cluster's "
-                f"{cluster_gpus:g} GPU(s); lower --replicas or set --gpus-per-replica 0 for CPU."
-            )
-        return Placement(count, gpus_each, cpus_per_replica or 1, cpus_per_replica or 1)
-    spare = int(cluster_cpus) - CPUS_KEPT_FOR_IO
-    threads = cpus_per_replica or max(1, min(MAX_DEFAULT_CPU_THREADS, spare))
-    count = replicas or max(1, spare // threads)
-    if count * threads > max(spare, 1):
+        return place_on_gpus(nodes, replicas, gpus_each, cpus_per_replica or 1)
+    return place_on_cpus(nodes, replicas, cpus_per_replica)
+
+
+def place_on_gpus(nodes: list[Node], replicas: int | None, gpus_each: float, cpus_each: int):
+    # A node hosts as many replicas as both its GPUs and its CPUs allow.
+    capacity = sum(min(int(n.gpus // gpus_each), int(n.cpus // cpus_each)) for n in nodes)
+    count = replicas or capacity
+    if count < 1 or count > capacity:
+        largest = max(nodes, key=lambda n: n.gpus)
         raise PlacementError(
-            f"{count} CPU replica(s) x {threads} CPU need {count * threads} CPUs, but only "
-            f"{max(spare, 1)} of the cluster's {cluster_cpus:g} can go to replicas "
-            f"({CPUS_KEPT_FOR_IO} stays free for reading and writing, or the job would hang)."
+            f"{count or 1} replica(s) x {gpus_each:g} GPU and {cpus_each} CPU fit no more than "
+            f"{capacity} on this cluster's {sum(n.gpus for n in nodes):g} GPU(s) (the largest "
+            f"node{describe(largest)} has {largest.gpus:g} GPU and {largest.cpus:g} CPU); lower "
+            "--replicas or set --gpus-per-replica 0 for CPU."
         )
-    shares_io_cpu = count == 1 and cpus_per_replica is None
-    return Placement(count, 0, threads, threads + CPUS_KEPT_FOR_IO if shares_io_cpu else threads)
+    return Placement(count, gpus_each, cpus_each, cpus_each)
+
+
+def place_on_cpus(nodes: list[Node], replicas: int | None, cpus_per_replica: int | None):
+    largest = max(nodes, key=lambda n: n.cpus)
+    total = int(sum(n.cpus for n in nodes))
+    spare = total - CPUS_KEPT_FOR_IO
+    # On a lone node the CPU kept for I/O comes out of that node; on several, any node has it.
+    room = int(largest.cpus) - (CPUS_KEPT_FOR_IO if len(nodes) == 1 else 0)
+    size = cpus_per_replica or max(1, min(MAX_DEFAULT_CPU_THREADS, room))
+    if size > largest.cpus:
+        raise PlacementError(
+            f"a replica of {size} CPUs fits no node: the largest node{describe(largest)} has "
+            f"{largest.cpus:g} CPUs. Lower --cpus-per-replica."
+        )
+    capacity = min(sum(int(n.cpus // size) for n in nodes), max(spare, 0) // size)
+    count = replicas or max(1, capacity)
+    if count > max(capacity, 1):
+        raise PlacementError(
+            f"{count} CPU replica(s) x {size} CPU need {count * size} CPUs, but only "
+            f"{max(spare, 1)} of the cluster's {total} can go to replicas "
+            f"({CPUS_KEPT_FOR_IO} stays free for reading and writing, or the job would hang), "
+            f"and each must fit one node (the largest{describe(largest)} has {largest.cpus:g})."
+        )
+    lone = count == 1 and cpus_per_replica is None and len(nodes) == 1
+    return Placement(count, 0, size, size + CPUS_KEPT_FOR_IO if lone else size)
+
+
+def describe(node: Node) -> str:
+    return f" ({node.name})" if node.name else ""

@@ -122,6 +122,11 @@ class EmbedSettings(BaseSettings):
         default_factory=dict, description="fsspec storage options as JSON (credentials masked)"
     )
     overwrite: bool = Field(False, description="clear OUTPUT first instead of resuming")
+    shared_filesystem: bool = Field(
+        False,
+        description="local INPUT/OUTPUT paths are a mount every node of the cluster shares "
+        "(NFS, Lustre); without it they are refused on a cluster of several nodes",
+    )
     lease_timeout: float = Field(
         300,
         gt=0,

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -180,9 +182,19 @@ class EmbedBatches:
         self.replica = Replica(replica_spec, gpus_assigned=on_gpus)
         self.stage_spec = stage_spec
         self.stats_actor = stats_actor
-        self.replica_id = ray.get_runtime_context().get_actor_id()
+        # One id per incarnation: Ray restarts a lost actor under its old actor id, and the
+        # figures of the life it lost must not be overwritten by those of the new one.
+        self.actor_id = ray.get_runtime_context().get_actor_id()
+        self.replica_id = f"{self.actor_id[:12]}-{uuid.uuid4().hex[:8]}"
         self.started = time.time()
-        self.info = self.replica.describe() | {"gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+        context = ray.get_runtime_context()
+        self.info = self.replica.describe() | {
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "node_id": context.get_node_id(),
+            "node_ip": ray.util.get_node_ip_address(),
+            "host": socket.gethostname(),
+            "actor_id": self.actor_id,
+        }
         info = self.info
         where = f"{info['gpu_name']} (compute capability {info['compute_capability']})"
         # print, not logging: Ray forwards a replica's stdout to the driver's.
@@ -195,7 +207,9 @@ class EmbedBatches:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         items = [
-            embed_block(item, self.replica, self.stage_spec) if item["block"] else item
+            embed_block(item, self.replica, self.stage_spec) | {"replica_id": self.replica_id}
+            if item["block"]
+            else item
             for item in batch.to_pylist()
         ]
         self.report()
@@ -324,8 +338,11 @@ def run_pipeline(
     replica's own."""
     import ray
     import ray.data
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    stats = stats_collector_class().remote()
+    # On the driver's node: the figures must outlive any worker node.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    stats = stats_collector_class().options(scheduling_strategy=here).remote()
     dataset = ray.data.from_items(items, override_num_blocks=len(items))
     dataset = dataset.map_batches(
         read_stage, batch_size=1, batch_format="pyarrow", fn_kwargs={"stage_spec": stage_spec}
@@ -350,6 +367,11 @@ def run_pipeline(
     results = dataset.take_all()
     replicas = ray.get(stats.summary.remote())
     ray.kill(stats)
+    # A replica whose node died is lost: its figures end at its last report, and the blocks it
+    # had not written were redone by the others.
+    alive = {node["NodeID"] for node in ray.nodes() if node.get("Alive")}
+    for replica in replicas:
+        replica["lost"] = replica["node_id"] not in alive
     log.info("blocks: %d; files written: %d", *blocks_and_files_written(results))
     return results, replicas
 
