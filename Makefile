@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= out/demo
 
-.PHONY: install demo test test-all lint clean bench
+.PHONY: install demo test test-all lint clean bench bench-scale
 
 install: $(STAMP)
 
@@ -36,3 +36,7 @@ clean:
 
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.throughput
+
+# The driver's peak memory and the planning cost at 2M and 20M rows (about 10 minutes).
+bench-scale: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.scale

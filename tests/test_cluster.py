@@ -131,3 +131,15 @@ def test_a_worker_node_lost_mid_run(cluster, corpus, tmp_path, bare_model):
         texts = [expected[i] for i in table.column("id").to_pylist()[:5]]
         ours = np.asarray(table.column("embedding").to_pylist()[:5], dtype=np.float32)
         assert np.sum(ours * reference_vectors(bare_model, texts, 384), axis=1).min() >= 0.9999
+
+
+def test_a_replica_no_node_can_host_is_refused_naming_the_largest_node(cluster, corpus, tmp_path):
+    # Every node has 2 CPUs: a 3-CPU CPU replica fits none, though the cluster has 6.
+    root, _ = corpus
+    output = tmp_path / "out"
+    args = [str(root), str(output), "all-miniLM-l6", "--shared-filesystem"]
+    args += ["--gpus-per-replica", "0", "--cpus-per-replica", "3"]
+    result = run_job_cli(args, env=cluster_env(cluster))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "largest node" in result.stderr and "has 2 CPUs" in result.stderr
+    assert not output.exists()

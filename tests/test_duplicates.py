@@ -3,7 +3,20 @@ files are scanned in."""
 
 from __future__ import annotations
 
-from jobs.pipeline.duplicates import find_corpus_duplicates, find_duplicates, scan_here
+import random
+
+import numpy as np
+import pytest
+
+from jobs.pipeline.duplicates import (
+    SIGHTING,
+    excluded_from,
+    find_corpus_duplicates,
+    repeats_in,
+    scan_group,
+    scan_here,
+    scan_on_ray,
+)
 from jobs.pipeline.folders import InputFolder
 from jobs.pipeline.reading import Columns
 from tests.conftest import write_jsonl
@@ -34,4 +47,53 @@ def test_many_repeats_of_one_id_all_point_at_the_first(tmp_path):
 
 
 def test_no_rows_no_duplicates():
-    assert find_duplicates([], []) == {}
+    assert len(repeats_in()) == 0
+    assert len(repeats_in(np.empty(0, SIGHTING))) == 0
+    assert excluded_from([], [repeats_in()]) == {}
+
+
+def random_corpus(root, files: int = 12, rows: int = 40, pool: int = 150) -> InputFolder:
+    """Files whose ids are drawn from a small pool: many repeats within and across files."""
+    draw = random.Random(7)
+    for f in range(files):
+        records = [{"id": f"id-{draw.randrange(pool)}", "text": "t"} for _ in range(rows)]
+        write_jsonl(root / f"c{f % 3}" / f"{f:02d}.jsonl", records)
+    return InputFolder(str(root))
+
+
+def test_each_sighting_lands_in_the_one_partition_its_hash_names(tmp_path):
+    folder = random_corpus(tmp_path)
+    indexed = list(enumerate(folder.list_files()))
+    unread, *parts = scan_group(folder, indexed, Columns(), 16, partitions=5)
+    assert unread == {} and len(parts) == 5
+    assert sum(len(p) for p in parts) == 12 * 40
+    for number, part in enumerate(parts):
+        assert len(part) and set((part["hash"] % 5).tolist()) == {number}
+
+
+@pytest.fixture
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def test_partitioned_scan_on_ray_decides_as_one_pass_does(tmp_path, local_ray):
+    # 2 CPUs: 8 groups of files mapped to 4 hash partitions, each reduced apart; the first
+    # sighting of an id is still the first in (file, row) order over the whole corpus.
+    folder = random_corpus(tmp_path)
+    files = folder.list_files()
+    on_ray = find_corpus_duplicates(folder, files, Columns(), 16, scan_on_ray)
+    in_one_pass = find_corpus_duplicates(folder, files, Columns(), 16, scan_here)
+    assert on_ray.excluded == in_one_pass.excluded
+    repeated = sum(len(rows) for rows in on_ray.excluded.values())
+    assert repeated == 12 * 40 - len(distinct_ids(tmp_path))
+
+
+def distinct_ids(root) -> set[str]:
+    """Every id that occurs anywhere in the corpus."""
+    import json
+
+    return {json.loads(line)["id"] for path in root.rglob("*.jsonl") for line in path.open()}

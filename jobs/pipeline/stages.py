@@ -27,6 +27,7 @@ from jobs.pipeline import commit
 from jobs.pipeline.blocks import Block, block_status, read_blocks
 from jobs.pipeline.envelopes import envelope, pack, to_table, unpack
 from jobs.pipeline.folders import CommittedFile, InputFolder, OutputFolder, StorageReadError
+from jobs.pipeline.manifest import Tally
 from jobs.pipeline.placement import Placement
 from jobs.pipeline.reading import ROW, ROW_KEY, Columns
 from jobs.pipeline.rejections import Rejection, count_by_kind
@@ -333,9 +334,9 @@ def run_pipeline(
     stage_spec: StageSpec,
     replica_spec: ReplicaSpec,
     placement: Placement,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Run every work item to committed Parquet; returns every envelope's figures and each
-    replica's own."""
+) -> tuple[Tally, list[dict[str, Any]]]:
+    """Run every work item to committed Parquet; returns the envelopes' figures added up and
+    each replica's own."""
     import ray
     import ray.data
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -364,7 +365,8 @@ def run_pipeline(
     dataset = dataset.map_batches(
         write_stage, batch_size=1, batch_format="pyarrow", fn_kwargs={"stage_spec": stage_spec}
     )
-    results = dataset.take_all()
+    # Streamed into the tally: the driver keeps figures per block, not the envelopes.
+    tally = Tally.of(dataset.iter_rows())
     replicas = ray.get(stats.summary.remote())
     ray.kill(stats)
     # A replica whose node died is lost: its figures end at its last report, and the blocks it
@@ -372,10 +374,5 @@ def run_pipeline(
     alive = {node["NodeID"] for node in ray.nodes() if node.get("Alive")}
     for replica in replicas:
         replica["lost"] = replica["node_id"] not in alive
-    log.info("blocks: %d; files written: %d", *blocks_and_files_written(results))
-    return results, replicas
-
-
-def blocks_and_files_written(results: list[dict[str, Any]]) -> tuple[int, int]:
-    blocks = sum(1 for r in results if r["block_id"])
-    return blocks, sum(len(r["files"]) for r in results if r["written"])
+    log.info("blocks: %d; files written: %d", tally.blocks, tally.files_written)
+    return tally, replicas
