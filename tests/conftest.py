@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +156,16 @@ def demo_output(tmp_path_factory) -> Path:
     result = run_job_cli([str(REPO / "samples" / "corpus"), str(output), "all-miniLM-l6"])
     assert result.returncode == 0, result.stderr[-3000:]
     return output
+
+
+@contextmanager
+def local_ray(**resources) -> Iterator[None]:
+    """A local Ray for the test's own calls (e.g. num_cpus=3, num_gpus=2: two logical GPUs on
+    this CPU box), shut down afterwards."""
+    import ray
+
+    ray.init(include_dashboard=False, **resources)
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 
 import numpy as np
-import pytest
 
 from jobs.pipeline.duplicates import (
     SIGHTING,
@@ -19,7 +18,7 @@ from jobs.pipeline.duplicates import (
 )
 from jobs.pipeline.folders import InputFolder
 from jobs.pipeline.reading import Columns
-from tests.conftest import write_jsonl
+from tests.conftest import local_ray, write_jsonl
 
 
 def test_later_occurrences_are_excluded_with_the_place_of_the_first(tmp_path):
@@ -71,21 +70,13 @@ def test_each_sighting_lands_in_the_one_partition_its_hash_names(tmp_path):
         assert len(part) and set((part["hash"] % 5).tolist()) == {number}
 
 
-@pytest.fixture
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-def test_partitioned_scan_on_ray_decides_as_one_pass_does(tmp_path, local_ray):
+def test_partitioned_scan_on_ray_decides_as_one_pass_does(tmp_path):
     # 2 CPUs: 8 groups of files mapped to 4 hash partitions, each reduced apart; the first
     # sighting of an id is still the first in (file, row) order over the whole corpus.
     folder = random_corpus(tmp_path)
     files = folder.list_files()
-    on_ray = find_corpus_duplicates(folder, files, Columns(), 16, scan_on_ray)
+    with local_ray(num_cpus=2):
+        on_ray = find_corpus_duplicates(folder, files, Columns(), 16, scan_on_ray)
     in_one_pass = find_corpus_duplicates(folder, files, Columns(), 16, scan_here)
     assert on_ray.excluded == in_one_pass.excluded
     repeated = sum(len(rows) for rows in on_ray.excluded.values())

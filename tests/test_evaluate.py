@@ -16,6 +16,16 @@ from registry import Registry, check_truncation
 from tests.conftest import REPO, job_env, write_jsonl
 
 
+def run_evaluate(*args: str) -> subprocess.CompletedProcess:
+    """python -m jobs.evaluate all-miniLM-l6 ARGS, which must succeed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.evaluate", "all-miniLM-l6", *args],
+        cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
 def test_metrics_on_a_hand_checked_ranking():
     doc_ids = ["a", "b", "c"]
     docs = np.eye(3, dtype=np.float32)
@@ -48,12 +58,7 @@ def test_the_built_in_set_hides_the_query_from_its_document():
 
 def test_evaluate_writes_json_markdown_and_a_plot(tmp_path):
     out = tmp_path / "report"
-    result = subprocess.run(
-        [sys.executable, "-m", "jobs.evaluate", "all-miniLM-l6", "--limit", "150",
-         "--dims", "384,256,128,64", "--out", str(out)],
-        cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_evaluate("--limit", "150", "--dims", "384,256,128,64", "--out", str(out))
     report = json.loads((out / "report.json").read_text())
     assert set(report["dims"]) == {"384", "256", "128", "64"}
     assert "| 128 |" in result.stdout and "Recommended dim" in result.stdout
@@ -84,13 +89,10 @@ def test_evaluate_on_a_users_own_labelled_set(tmp_path):
             {"query": "when do invoices arrive", "relevant": ["bill"]},
         ],
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "jobs.evaluate", "all-miniLM-l6", "--corpus",
-         str(tmp_path / "corpus"), "--queries", str(tmp_path / "queries.jsonl"),
-         "--dims", "384,128", "--out", str(tmp_path / "out")],
-        cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300,
+    run_evaluate(
+        "--corpus", str(tmp_path / "corpus"), "--queries", str(tmp_path / "queries.jsonl"),
+        "--dims", "384,128", "--out", str(tmp_path / "out"),
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["documents"] == 3 and report["queries"] == 2
     assert report["dims"]["384"]["mrr@10"] == 1.0  # both answers ranked first
@@ -157,12 +159,7 @@ def test_rotation_keeps_more_at_64_and_128_dims_and_the_tradeoff_table(tmp_path)
     has every dim at float32, int8 and binary, exact bytes, and timings from repeated
     searches."""
     out = tmp_path / "report"
-    result = subprocess.run(
-        [sys.executable, "-m", "jobs.evaluate", "all-miniLM-l6", "--rotate", "pca",
-         "--dims", "384,128,64", "--out", str(out)],
-        cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_evaluate("--rotate", "pca", "--dims", "384,128,64", "--out", str(out))
     report = json.loads((out / "report.json").read_text())
     assert report["documents"] == 600
     for dim in ("128", "64"):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jobs.pipeline.placement import Node, PlacementError, place_replicas
+from tests.conftest import local_ray
 
 
 def on_one_node(cpus: float, gpus: float = 0, *rest, **options):
@@ -70,13 +71,10 @@ def test_two_logical_gpus_get_two_replicas_each_on_its_own_gpu(
     whichever of the two replicas embedded it, in blocks of four rows, as a lone replica gives
     for the whole corpus in one call in another order. A rerun embeds nothing and keeps the
     calibration."""
-    import ray
-
     from jobs.pipeline.job import prepare_job, run_job
     from jobs.pipeline.settings import EmbedSettings
 
-    ray.init(num_cpus=3, num_gpus=2, include_dashboard=False)
-    try:
+    with local_ray(num_cpus=3, num_gpus=2):
         settings = EmbedSettings(
             input=str(mixed_corpus["root"]),
             output=str(tmp_path / "out"),
@@ -89,8 +87,6 @@ def test_two_logical_gpus_get_two_replicas_each_on_its_own_gpu(
         )
         record, code = run_job(prepare_job(settings))
         rerun, rerun_code = run_job(prepare_job(settings))
-    finally:
-        ray.shutdown()
     assert code == 0
     assert record["replicas"] == 2
     visible = sorted(r["cuda_visible_devices"] for r in record["per_replica"])

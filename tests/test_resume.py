@@ -19,7 +19,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, job_env, real_texts, reference_vectors, run_job_cli, write_jsonl
+from tests.conftest import (
+    REPO,
+    job_env,
+    local_ray,
+    real_texts,
+    reference_vectors,
+    run_job_cli,
+    write_jsonl,
+)
 
 FILES = 44
 ROWS_PER_FILE = 30
@@ -152,12 +160,9 @@ def test_killed_at_any_point_then_rerun_gives_every_row_exactly_once(corpus, tmp
 def run_in_process():
     """The job's own entry points on one local Ray, for tests that run it several times in a
     row: saves a Ray start and the imports per run (the kill tests need real processes)."""
-    import ray
 
     from jobs.pipeline.job import prepare_job, run_job
     from jobs.pipeline.settings import EmbedSettings
-
-    ray.init(num_cpus=2, include_dashboard=False)
 
     def run(args: list[str]) -> dict:
         root, output, model = args
@@ -165,10 +170,8 @@ def run_in_process():
         assert code == 0
         return json.loads((Path(output) / "_manifest.json").read_text())
 
-    try:
+    with local_ray(num_cpus=2):
         yield run
-    finally:
-        ray.shutdown()
 
 
 def test_rerun_of_a_finished_job_embeds_nothing_and_an_edit_embeds_one_row(

@@ -8,15 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import read_output, reference_vectors
+from tests.conftest import local_ray, read_output, reference_vectors
 
 
 @pytest.fixture(scope="module")
 def rotated_run(mixed_corpus, tmp_path_factory):
     """Two replicas on logical GPUs, blocks of four rows, two widths, int8 codes, rotated; then
     one block file deleted and the run resumed."""
-    import ray
-
     from jobs.pipeline.job import prepare_job, run_job
     from jobs.pipeline.settings import EmbedSettings
 
@@ -32,8 +30,7 @@ def rotated_run(mixed_corpus, tmp_path_factory):
         block_rows=4,
         allow_non_matryoshka=True,
     )
-    ray.init(num_cpus=3, num_gpus=2, include_dashboard=False)
-    try:
+    with local_ray(num_cpus=3, num_gpus=2):
         first, code = run_job(prepare_job(settings))
         assert code == 0
         before = {p.relative_to(output): p.read_bytes() for p in output.glob("collection=*/*")}
@@ -41,8 +38,6 @@ def rotated_run(mixed_corpus, tmp_path_factory):
         lost.unlink()
         resumed, code = run_job(prepare_job(settings))
         assert code == 0
-    finally:
-        ray.shutdown()
     return {"output": output, "first": first, "resumed": resumed, "before": before, "lost": lost}
 
 
