@@ -9,13 +9,16 @@ sentence-transformers on its own would take the ranges from each batch.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 from embedder.rotation import rotate
 from embedder.vectors import truncate_and_normalize
 
+# float32 is always written; any other precision adds its codes beside the floats.
+Precision = Literal["float32", "int8", "uint8", "binary", "ubinary"]
+QUANTIZED = get_args(Precision)[1:]
 CALIBRATED = ("int8", "uint8")
 
 

@@ -76,6 +76,23 @@ class ReplicaSpec:
             **runtime,
         )
 
+    @classmethod
+    def for_outputs(
+        cls, model, dims: list[int], precision: str, rotating: bool, **options
+    ) -> ReplicaSpec:
+        """The replica that a run writing these columns needs. The job and QueryEncoder both
+        build theirs here, so queries are encoded exactly as the documents were."""
+        return cls.for_model(
+            model,
+            # A rotation mixes every dim: the replica gives the full vector, rotated and then
+            # truncated to the widest dim (embedder.outputs.base_vectors).
+            model.native_dim if rotating else dims[0],
+            # Quantized codes are compared across the corpus: a text's codes must not depend
+            # on its batch-mates, which float noise from changing batch shapes would break.
+            fixed_shape_batches=precision != "float32",
+            **options,
+        )
+
 
 @dataclass
 class ReplicaStats:

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    entry, _ = registry_entry(folder, args.name or folder.name)
+    entry = registry_entry(folder, args.name or folder.name)
     print(entry, end="")
     return 0
 

@@ -68,8 +68,8 @@ def pooling_of(folder: Path) -> str:
     return pooling
 
 
-def registry_entry(folder: Path, name: str) -> tuple[str, dict[str, Any]]:
-    """A TOML registry entry for the folder, and the hints it was built from."""
+def registry_entry(folder: Path, name: str) -> str:
+    """A TOML registry entry for the folder."""
     config = read_json(folder / "config.json")
     st_config = read_json(folder / "config_sentence_transformers.json")
     bert_config = read_json(folder / "sentence_bert_config.json")
@@ -106,4 +106,4 @@ def registry_entry(folder: Path, name: str) -> tuple[str, dict[str, Any]]:
     lines.append(
         f'notes = "Matryoshka hints: {source}. Check the model card before relying on it."'
     )
-    return "\n".join(lines) + "\n", hints
+    return "\n".join(lines) + "\n"

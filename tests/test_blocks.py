@@ -217,13 +217,14 @@ def test_a_file_cut_short_hands_on_the_blocks_before_the_cut(tmp_path):
 
 def test_a_blocks_content_hash_does_not_depend_on_the_rows_after_it(tmp_path):
     from jobs.pipeline.commit import content_hash
+    from jobs.pipeline.envelopes import pack
 
     hashes = []
     for last in ("w", "an edit in the next block"):
         path = tmp_path / f"{len(hashes)}.jsonl"
         write_jsonl(path, [{"id": str(i), "text": t} for i, t in enumerate(["x", "y", "z", last])])
         blocks = blocks_of(path, f"docs/{len(hashes)}/a.jsonl", block_rows=2)
-        hashes.append(content_hash(blocks[0].rows))
+        hashes.append(content_hash(pack(blocks[0].rows)))
     assert hashes[0] == hashes[1]
 
 

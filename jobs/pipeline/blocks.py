@@ -11,11 +11,13 @@ import gzip
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
 
 from jobs.pipeline import commit
+from jobs.pipeline.envelopes import pack
 from jobs.pipeline.folders import CommittedFile, InputFolder, OutputFolder
 from jobs.pipeline.reading import ROW, Columns, read_rows
 from jobs.pipeline.rejections import Rejection, unreadable
@@ -42,12 +44,21 @@ class Block:
     # Set on the last block of a file that could not be decoded from this row on.
     cut_at: int | None = None
 
+    @cached_property
+    def rows_by_collection(self) -> dict[str, list[int]]:
+        return rows_per_collection(self.rows)
+
     def collections(self) -> dict[str, int]:
         """Rows per collection, in order of first appearance."""
-        counts: dict[str, int] = {}
-        for name in self.rows.column("collection").to_pylist():
-            counts[name] = counts.get(name, 0) + 1
-        return counts
+        return {name: len(rows) for name, rows in self.rows_by_collection.items()}
+
+
+def rows_per_collection(rows: pa.Table) -> dict[str, list[int]]:
+    """Row positions per collection, in order (a `collection` column can route rows apart)."""
+    groups: dict[str, list[int]] = {}
+    for position, collection in enumerate(rows.column("collection").to_pylist()):
+        groups.setdefault(collection, []).append(position)
+    return groups
 
 
 def read_blocks(
@@ -130,19 +141,22 @@ def compact(table: pa.Table) -> pa.Table:
 
 @dataclass(frozen=True)
 class BlockStatus:
-    """Whether OUTPUT holds a block done, and the content hash its files must carry."""
+    """Whether OUTPUT holds a block done, the content hash its files must carry, and its rows
+    packed (hashed, and sent on as they are when the block is to be embedded)."""
 
     content_hash: str
     done: bool
+    packed: bytes
 
 
 def block_status(
     block: Block, committed: list[CommittedFile], fingerprint_id: str, output: OutputFolder
 ) -> BlockStatus:
     """Done when all the block's files are there, made by this fingerprint from this content."""
-    content_hash = commit.content_hash(block.rows)
-    parts = len(block.collections())
+    packed = pack(block.rows)
+    content_hash = commit.content_hash(packed)
+    parts = len(block.rows_by_collection)
     done = bool(committed) and commit.is_block_done(
         committed, fingerprint_id, content_hash, parts, output
     )
-    return BlockStatus(content_hash, done)
+    return BlockStatus(content_hash, done, packed)

@@ -18,7 +18,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.pipeline.envelopes import pack
 from jobs.pipeline.folders import FINGERPRINT, CommittedFile, OutputFolder
 
 FOOTER_FINGERPRINT = b"embed.fingerprint"
@@ -69,10 +68,10 @@ def claim_output(
     return None
 
 
-def content_hash(rows: pa.Table) -> str:
+def content_hash(packed: bytes) -> str:
     """A hash of everything about a block that ends up in its output files (rows, metadata,
-    row positions)."""
-    return hashlib.sha1(pack(rows)).hexdigest()
+    row positions), over its packed rows (envelopes.pack: what the envelope carries too)."""
+    return hashlib.sha1(packed).hexdigest()
 
 
 def row_keys(ids: list[str], texts: list[str]) -> list[str]:

@@ -402,8 +402,9 @@ class OutputFolder(Folder):
 
     # -- what is stale ---------------------------------------------------------------------
 
-    def remove_stale(self, keep: set[str]) -> list[str]:
-        """Remove every block file, rejection list and leftover temp file not in `keep`.
+    def remove_stale(self, keep: set[str], listing: dict[str, int] | None = None) -> list[str]:
+        """Remove every block file, rejection list and leftover temp file not in `keep`
+        (of `listing`, a files() the caller already has; else of a new listing).
 
         Called once, after every block is committed, with the files this run wrote or found
         done. What goes: output of blocks an input file no longer has, of input files that are
@@ -412,7 +413,7 @@ class OutputFolder(Folder):
         """
         stale = [
             relpath
-            for relpath in sorted(self.files())
+            for relpath in sorted(self.files() if listing is None else listing)
             if relpath not in keep and self.is_job_file(relpath)
         ]
         fs = self.fs

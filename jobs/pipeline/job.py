@@ -143,26 +143,24 @@ def output_dims(model_spec: ModelSpec, settings: EmbedSettings) -> list[int]:
     return dims
 
 
-def prepare_output(job: Job) -> bool:
-    """Clear OUTPUT if asked, then claim it for this fingerprint; True when resuming. Called
-    with OUTPUT's lease held."""
+def prepare_output(job: Job) -> None:
+    """Clear OUTPUT if asked, then claim it for this fingerprint. Called with OUTPUT's lease
+    held."""
     settings, output = job.settings, job.output
     if settings.overwrite and output.has_files():
         log.warning("--overwrite: clearing %s", output.uri)
         output.clear()
-    resuming = commit.claim_output(output, job.fingerprint) is not None
-    if resuming:
+    if commit.claim_output(output, job.fingerprint) is not None:
         log.info("OUTPUT holds a run with the same settings: resuming, finished blocks are kept")
-    return resuming
 
 
 def replica_spec_for(job: Job, placement: Placement) -> ReplicaSpec:
     settings = job.settings
-    return ReplicaSpec.for_model(
+    return ReplicaSpec.for_outputs(
         job.model_spec,
-        # A rotation mixes every dim: the replica gives the full vector, rotated and then
-        # truncated to the widest dim (embedder.outputs.base_vectors).
-        job.model_spec.native_dim if settings.rotate != "none" else job.dims[0],
+        job.dims,
+        settings.precision,
+        settings.rotate != "none",
         revision=settings.revision,
         trust_remote_code=settings.trust_remote_code,
         max_tokens=job.max_tokens,
@@ -171,9 +169,6 @@ def replica_spec_for(job: Job, placement: Placement) -> ReplicaSpec:
         batch_size=settings.batch_size,
         max_batch_tokens=settings.max_batch_tokens,
         cpu_threads=placement.torch_threads,
-        # Quantized codes are compared across the corpus: a text's codes must not depend on
-        # its batch-mates, which float noise from changing batch shapes would break.
-        fixed_shape_batches=settings.precision != "float32",
     )
 
 
@@ -306,9 +301,10 @@ def run_on_ray(job: Job, placement: Placement, started_at, t0: float) -> tuple[d
             untouched = committed.get(input_file.path_hash, [])
             error = scan.unread[input_file.relpath]
             tally.add(unread_envelope(input_file, error, untouched, job.output))
-    for relpath in job.output.remove_stale(tally.current_files()):
+    listing = job.output.files()  # one listing for the sweep and the sizes
+    for relpath in job.output.remove_stale(tally.current_files(), listing):
         log.info("removed from OUTPUT, no longer part of the input: %s", relpath)
-    collections = manifest.collection_figures(tally.files, job.output.files())
+    collections = manifest.collection_figures(tally.files, listing)
     record = manifest.build_manifest(
         model_spec=job.model_spec,
         truncations=job.truncations,

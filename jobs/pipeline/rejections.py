@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -12,7 +11,6 @@ RAW_PREVIEW_CHARS = 200
 # One path component, no dot first (so no "..", no hidden folders), no "=" or "/" that would
 # break hive partitioning or escape OUTPUT.
 COLLECTION_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
-_COLLECTION_NAME = re.compile(COLLECTION_NAME)
 
 
 @dataclass(frozen=True)
@@ -70,10 +68,6 @@ def invalid_collection(value: Any) -> str:
         f"invalid collection name {value!r}: use letters, digits, '_', '.', '-' "
         "(not starting with '.' or '-', at most 128 characters)"
     )
-
-
-def is_valid_collection(value: Any) -> bool:
-    return isinstance(value, str) and _COLLECTION_NAME.match(value) is not None
 
 
 def duplicate_id(first_seen: str) -> str:

@@ -22,6 +22,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from embedder.outputs import Precision
+
 POSITIONAL = ("input", "output", "model", "dim")
 REQUIRED = ("input", "output", "model")
 PROG = "python -m jobs.embed"
@@ -67,7 +69,7 @@ class EmbedSettings(BaseSettings):
     dims: str | None = Field(
         None, description="several dims from one pass, e.g. 1024,256: embedding_<dim> columns"
     )
-    precision: Literal["float32", "int8", "uint8", "binary", "ubinary"] = Field(
+    precision: Precision = Field(
         "float32", description="also write quantized columns (<column>_<precision>)"
     )
     rotate: Literal["none", "pca"] = Field(

@@ -15,7 +15,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ import pyarrow as pa
 from embedder import Replica, ReplicaSpec
 from embedder.outputs import base_vectors, output_vectors, vector_column
 from jobs.pipeline import commit
-from jobs.pipeline.blocks import Block, block_status, read_blocks
+from jobs.pipeline.blocks import Block, block_status, read_blocks, rows_per_collection
 from jobs.pipeline.envelopes import envelope, pack, to_table, unpack
 from jobs.pipeline.folders import CommittedFile, InputFolder, OutputFolder, StorageReadError
 from jobs.pipeline.manifest import Tally
@@ -134,7 +134,7 @@ def block_envelope(block: Block, files: list[CommittedFile], stage_spec: StageSp
         block_id=str(block.id),
         content_hash=status.content_hash,
         rows=rows,
-        block=pack(block.rows),
+        block=status.packed,
         reuse=pack(earlier) if earlier is not None else b"",
     )
 
@@ -302,14 +302,6 @@ def write_block(item: dict[str, Any], stage_spec: StageSpec) -> list[dict[str, A
     return written
 
 
-def rows_per_collection(block: pa.Table) -> dict[str, list[int]]:
-    """Row positions per collection, in order (a `collection` column can route rows apart)."""
-    groups: dict[str, list[int]] = {}
-    for position, collection in enumerate(block.column("collection").to_pylist()):
-        groups.setdefault(collection, []).append(position)
-    return groups
-
-
 def stats_collector_class():
     import ray
 
@@ -344,9 +336,12 @@ def run_pipeline(
     # On the driver's node: the figures must outlive any worker node.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     stats = stats_collector_class().options(scheduling_strategy=here).remote()
+    # Reading and writing never use the rotation (up to 128 MB at 4096 dims): only the
+    # replicas get it.
+    io_spec = replace(stage_spec, rotation=None)
     dataset = ray.data.from_items(items, override_num_blocks=len(items))
     dataset = dataset.map_batches(
-        read_stage, batch_size=1, batch_format="pyarrow", fn_kwargs={"stage_spec": stage_spec}
+        read_stage, batch_size=1, batch_format="pyarrow", fn_kwargs={"stage_spec": io_spec}
     )
     dataset = dataset.map_batches(
         EmbedBatches,
@@ -363,7 +358,7 @@ def run_pipeline(
         },
     )
     dataset = dataset.map_batches(
-        write_stage, batch_size=1, batch_format="pyarrow", fn_kwargs={"stage_spec": stage_spec}
+        write_stage, batch_size=1, batch_format="pyarrow", fn_kwargs={"stage_spec": io_spec}
     )
     # Streamed into the tally: the driver keeps figures per block, not the envelopes.
     tally = Tally.of(dataset.iter_rows())

@@ -14,8 +14,7 @@ import time
 
 import numpy as np
 
-from embedder.outputs import calibration_ranges, quantize
-from embedder.vectors import truncate_and_normalize
+from embedder.outputs import calibration_ranges, output_vectors
 from jobs.quality.metrics import K, rank_by, score, with_retention
 from jobs.retrieval.search import scores as search_scores
 
@@ -24,34 +23,22 @@ BYTES_PER_DIM = {"float32": 4.0, "int8": 1.0, "binary": 1 / 8}
 TIMING_REPEATS = 30
 
 
-def encode_at(vectors: np.ndarray, dim: int, precision: str, ranges=None) -> np.ndarray:
-    """Vectors truncated to `dim`, re-normalized, and quantized as the job writes them."""
-    truncated = truncate_and_normalize(vectors, dim)
-    if precision == "float32":
-        return truncated
-    if precision == "int8":
-        return quantize(truncated, "int8", np.asarray(ranges[str(dim)]))
-    return quantize(truncated, "ubinary", None)
+def written_as(
+    vectors: np.ndarray, dim: int, precision: str, ranges: dict | None
+) -> tuple[str, np.ndarray]:
+    """The column name and matrix the job writes at `dim` in `precision` (binary as ubinary
+    codes: the same Hamming distances); jobs.retrieval.search scores a column by its name."""
+    written = "ubinary" if precision == "binary" else precision
+    return list(output_vectors(vectors, [dim], written, ranges).items())[-1]
 
 
-def column_for(precision: str) -> str:
-    """A column name whose suffix tells jobs.retrieval.search how to score these codes."""
-    return (
-        "embedding"
-        if precision == "float32"
-        else f"embedding_{'ubinary' if precision == 'binary' else precision}"
-    )
-
-
-def score_matrix(queries: np.ndarray, docs: np.ndarray, precision: str) -> np.ndarray:
-    column = column_for(precision)
+def score_matrix(queries: np.ndarray, docs: np.ndarray, column: str) -> np.ndarray:
     return np.stack([search_scores(docs, query, column) for query in queries])
 
 
-def search_seconds(queries: np.ndarray, docs: np.ndarray, precision: str, repeats: int):
+def search_seconds(queries: np.ndarray, docs: np.ndarray, column: str, repeats: int):
     """Median seconds of one exact search (score every document, take the top 10) for one
     query, over `repeats` timed searches, and the timings themselves."""
-    column = column_for(precision)
     timings = []
     for i in range(repeats + 1):  # the first is a warm-up
         query = queries[i % len(queries)]
@@ -81,10 +68,10 @@ def tradeoff_table(
         for precision in PRECISIONS:
             if precision == "binary" and dim % 8:
                 continue
-            docs = encode_at(doc_vectors, dim, precision, ranges)
-            asked = encode_at(query_vectors, dim, precision, ranges)
-            quality = score(rank_by(score_matrix(asked, docs, precision)), doc_ids, queries)
-            seconds, timings = search_seconds(asked, docs, precision, repeats)
+            column, docs = written_as(doc_vectors, dim, precision, ranges)
+            _, asked = written_as(query_vectors, dim, precision, ranges)
+            quality = score(rank_by(score_matrix(asked, docs, column)), doc_ids, queries)
+            seconds, timings = search_seconds(asked, docs, column, repeats)
             baseline = baseline or seconds  # the first row: full dim, float32
             kept = with_retention(quality, full)
             rows.append(

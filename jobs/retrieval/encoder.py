@@ -19,11 +19,12 @@ from embedder import Replica, ReplicaSpec
 from embedder.outputs import base_vectors, output_columns, output_vectors
 from jobs.pipeline.calibration import load_rotation
 from jobs.pipeline.folders import MANIFEST, OutputFolder
+from jobs.pipeline.manifest import MANIFEST_VERSION
 from registry import ModelSpec, check_remote_code
 
 # What a manifest must hold for queries to be made as the documents were.
 REQUIRED = ("registry_entry", "fingerprint", "dims", "precision", "calibration", "settings")
-MANIFEST_VERSIONS = (2,)
+MANIFEST_VERSIONS = (MANIFEST_VERSION,)  # the manifest layouts queries can be rebuilt from
 
 
 class ManifestError(ValueError):
@@ -69,9 +70,11 @@ class QueryEncoder:
         self.precision = manifest["precision"]
         self.ranges = (manifest["calibration"] or {}).get("ranges")
         self.rotation = load_rotation(output, manifest["calibration"])
-        replica_spec = ReplicaSpec.for_model(
+        replica_spec = ReplicaSpec.for_outputs(
             self.model_spec,
-            self.model_spec.native_dim if self.rotation is not None else self.dims[0],
+            self.dims,
+            self.precision,
+            self.rotation is not None,
             revision=fingerprint["revision"],
             trust_remote_code=trust_remote_code,
             max_tokens=fingerprint["max_tokens"],
@@ -79,8 +82,6 @@ class QueryEncoder:
             dtype=dtype or self.run_dtype(),
             batch_size=settings["batch_size"],
             max_batch_tokens=settings["max_batch_tokens"],
-            # As the job did: a text's codes must not depend on its batch-mates.
-            fixed_shape_batches=self.precision != "float32",
         )
         self.documents = Replica(replica_spec)
         self.queries = self.documents.for_prompt(

@@ -17,10 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedder.outputs import output_columns
+from embedder.outputs import QUANTIZED, output_columns
 from jobs.pipeline.folders import OutputFolder
-
-QUANTIZED = ("int8", "uint8", "binary", "ubinary")
 
 
 class SearchError(ValueError):
