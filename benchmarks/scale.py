@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from embedder.memory import peak_rss_bytes
+
 ROWS_PER_FILE = 10_000
 REPEAT_EVERY = 1_000  # one row in this many repeats an id of the file before
 MODEL = "scale-tiny"
@@ -118,10 +120,7 @@ def rss_kib() -> int:
 
 
 def peak_rss_kib() -> int:
-    """This process's high-water mark (VmHWM; ru_maxrss would carry the parent's across
-    exec)."""
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    return peak_rss_bytes() // 1024
 
 
 def prepared_job(workdir: Path):
@@ -176,13 +175,17 @@ class RandomUnitVectors:
 
 def fill_file(stage_spec, input_file, excluded: dict[str, str]) -> None:
     from jobs.pipeline.blocks import read_blocks
+    from jobs.pipeline.duplicates import excluded_rows
     from jobs.pipeline.stages import block_envelope, closing_envelope, embed_block, write_block
 
     replica = RandomUnitVectors(stage_spec.dims[0])
     rejections = []
-    excluded_rows = {int(row): why for row, why in excluded.items()}
     for block in read_blocks(
-        stage_spec.input, input_file, stage_spec.columns, stage_spec.block_rows, excluded_rows
+        stage_spec.input,
+        input_file,
+        stage_spec.columns,
+        stage_spec.block_rows,
+        excluded_rows(excluded),
     ):
         rejections += block.rejections
         if block.rows.num_rows:

@@ -24,6 +24,7 @@ from embedder.batching import (
     plan_micro_batches,
 )
 from embedder.device import choose_dtype, resolve_device, torch_dtype
+from embedder.memory import peak_rss_bytes
 from embedder.source import resolve_source
 from embedder.vectors import bad_rows, truncate_and_normalize
 
@@ -181,11 +182,7 @@ class Replica:
                 "peak_memory_bytes": torch.cuda.max_memory_allocated(),
                 "peak_memory_of": "cuda",
             }
-        import resource
-
-        # ru_maxrss is in KiB on Linux.
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        return {"peak_memory_bytes": peak, "peak_memory_of": "rss"}
+        return {"peak_memory_bytes": peak_rss_bytes(), "peak_memory_of": "rss"}
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Unit vectors of width dim, in input order: texts are tokenized once, sorted by

@@ -61,6 +61,14 @@ def rows_per_collection(rows: pa.Table) -> dict[str, list[int]]:
     return groups
 
 
+def committed_by_block(files: list[CommittedFile]) -> dict[BlockId, list[CommittedFile]]:
+    """An input file's committed output files, by the block each belongs to."""
+    by_block: dict[BlockId, list[CommittedFile]] = {}
+    for entry in files:
+        by_block.setdefault(entry.block_id, []).append(entry)
+    return by_block
+
+
 def read_blocks(
     folder: InputFolder,
     input_file: InputFile,

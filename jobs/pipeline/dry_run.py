@@ -14,7 +14,7 @@ from typing import Any
 
 from embedder import Replica, ReplicaSpec
 from jobs.pipeline import commit, duplicates
-from jobs.pipeline.blocks import block_status, read_blocks
+from jobs.pipeline.blocks import block_status, committed_by_block, read_blocks
 
 # Rows encoded here to time one replica.
 TIMING_SAMPLE_ROWS = 64
@@ -34,17 +34,14 @@ def survey(job, replica_spec: ReplicaSpec) -> dict[str, Any]:
     for input_file in job.input_files:
         if input_file.relpath in scan.unread:
             continue
-        files = committed.get(input_file.path_hash, [])
-        excluded = scan.excluded.get(input_file.relpath, {})
-        excluded_rows = {int(r): why for r, why in excluded.items()}
-        for block in read_blocks(
-            job.input, input_file, job.columns, settings.block_rows, excluded_rows
-        ):
+        by_block = committed_by_block(committed.get(input_file.path_hash, []))
+        excluded = duplicates.excluded_rows(scan.excluded.get(input_file.relpath, {}))
+        for block in read_blocks(job.input, input_file, job.columns, settings.block_rows, excluded):
             rejected += len(block.rejections)
             rows_by_collection.update(block.collections())
-            mine = [f for f in files if f.block_id == block.id]
             if not block.rows.num_rows:
                 continue
+            mine = by_block.get(block.id, [])
             if block_status(block, mine, fingerprint_id, job.output).done:
                 done += block.rows.num_rows
             else:

@@ -33,6 +33,13 @@ from jobs.pipeline.units import InputFile
 
 # relpath -> {source row (as text, it travels as JSON): reason}
 Excluded = dict[str, dict[str, str]]
+
+
+def excluded_rows(excluded: dict[str, str]) -> dict[int, str]:
+    """One file's excluded rows (as they travel in JSON, rows as text) by source row."""
+    return {int(row): reason for row, reason in excluded.items()}
+
+
 # One valid row: its id's hash, its file (index in the corpus's file order) and source row.
 SIGHTING = np.dtype([("hash", "<u8"), ("file", "<i8"), ("row", "<i8")])
 # A later occurrence of an id, and where the id was first seen.

@@ -24,7 +24,14 @@ import pyarrow as pa
 from embedder import Replica, ReplicaSpec
 from embedder.outputs import base_vectors, output_vectors, vector_column
 from jobs.pipeline import commit
-from jobs.pipeline.blocks import Block, block_status, read_blocks, rows_per_collection
+from jobs.pipeline.blocks import (
+    Block,
+    block_status,
+    committed_by_block,
+    read_blocks,
+    rows_per_collection,
+)
+from jobs.pipeline.duplicates import excluded_rows
 from jobs.pipeline.envelopes import envelope, pack, to_table, unpack
 from jobs.pipeline.folders import CommittedFile, InputFolder, OutputFolder, StorageReadError
 from jobs.pipeline.manifest import Tally
@@ -81,9 +88,7 @@ def read_stage(batch: pa.Table, stage_spec: StageSpec) -> Iterator[pa.Table]:
     """Ray map_batches function: per block an envelope, then the file's closing envelope."""
     for item in batch.column("work").to_pylist():
         input_file, committed, excluded = parse_work_item(item)
-        by_block: dict[BlockId, list[CommittedFile]] = {}
-        for entry in committed:
-            by_block.setdefault(entry.block_id, []).append(entry)
+        by_block = committed_by_block(committed)
         handed_on: set[BlockId] = set()
         rejections: list[Rejection] = []
         cut: Block | None = None
@@ -111,8 +116,7 @@ def parse_work_item(item: str) -> tuple[InputFile, list[CommittedFile], dict[int
         CommittedFile(BlockId.parse(block_id), collection, relpath)
         for block_id, collection, relpath in work["committed"]
     ]
-    excluded = {int(row): reason for row, reason in work["excluded"].items()}
-    return InputFile(**work["input_file"]), committed, excluded
+    return InputFile(**work["input_file"]), committed, excluded_rows(work["excluded"])
 
 
 def block_envelope(block: Block, files: list[CommittedFile], stage_spec: StageSpec) -> dict:
