@@ -46,10 +46,18 @@ def build_bad_corpus(root: Path) -> tuple[set[str], dict[str, str]]:
         json.dumps({"id": "abs", "text": "x", "collection": "/tmp/escaped"}).encode(),
         json.dumps({"id": "nul", "text": "x", "collection": "a\u0000b"}).encode(),
         b"[1, 2, 3]",
+        # Well-formed JSON Arrow cannot hold as it is: half an emoji, a number beyond 64 bits.
+        json.dumps({"id": "cut-emoji", "text": "half an emoji \ud83d"}).encode(),
+        json.dumps({"id": "huge", "text": "a number beyond 64 bits", "n": 2**64}).encode(),
     ]
     (root / "mixed").mkdir()
     (root / "mixed" / "bad.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    good |= {"long-1", "dup-here"}
+    good |= {"long-1", "dup-here", "huge"}
+    # A byte-order mark before the first row of a file is not part of it.
+    (root / "docs" / "bom.jsonl").write_bytes(
+        b"\xef\xbb\xbf" + json.dumps({"id": "bom-1", "text": texts[0]}).encode() + b"\n"
+    )
+    good.add("bom-1")
     expected_reasons = {
         "mixed/bad.jsonl:1": "malformed JSON",
         "mixed/bad.jsonl:2": "missing text column",
@@ -67,6 +75,7 @@ def build_bad_corpus(root: Path) -> tuple[set[str], dict[str, str]]:
         "mixed/bad.jsonl:15": "invalid collection name '/tmp/escaped'",
         "mixed/bad.jsonl:16": "invalid collection name",
         "mixed/bad.jsonl:17": "not a JSON object",
+        "mixed/bad.jsonl:18": "the text is not valid Unicode: a lone surrogate \\ud83d",
         "tables/corrupt.parquet:0": "unreadable file",
         "zipped/cut.jsonl.gz:0": "unreadable file",
         "bad name!/a.jsonl:0": "invalid collection name 'bad name!'",
@@ -158,3 +167,18 @@ def test_one_corrupt_file_among_good_ones_is_a_rejected_file_and_exit_3(tmp_path
     assert manifest["files_rejected"] == 1 and manifest["rows_in_output"] == 1
     assert manifest["rejected_files"][0]["file"] == "docs/broken.jsonl.gz"
     assert re.search(r"^  files set aside\s+1\b", result.stdout, re.M)
+
+
+def test_a_corpus_whose_only_file_cannot_be_read_exits_1_naming_it(tmp_path):
+    """A storage failure on every file: nothing to embed, and not a crash."""
+    folder = tmp_path / "in" / "docs"
+    folder.mkdir(parents=True)
+    (folder / "a.jsonl").symlink_to(tmp_path / "vanished.jsonl")  # listed, then unreadable
+    output = tmp_path / "out"
+    result = run_job_cli([str(tmp_path / "in"), str(output), "all-miniLM-l6"])
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "could not read docs/a.jsonl" in result.stderr
+    assert "Traceback" not in result.stderr
+    manifest = json.loads((output / "_manifest.json").read_text())
+    assert [f["file"] for f in manifest["files_unread"]] == ["docs/a.jsonl"]
+    assert manifest["rows_in_output"] == manifest["rows_embedded"] == 0

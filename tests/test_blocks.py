@@ -25,9 +25,9 @@ def blocks_of(path, relpath, collection="docs", columns=Columns(), block_rows=3,
     return list(read_blocks(InputFolder(str(root)), input_file, columns, block_rows, excluded))
 
 
-def read(path, relpath, collection="docs", columns=Columns()):
+def read(path, relpath, collection="docs", columns=Columns(), block_rows=3):
     """All valid rows as one table (None when there are none) and all rejections."""
-    blocks = blocks_of(path, relpath, collection, columns)
+    blocks = blocks_of(path, relpath, collection, columns, block_rows)
     tables = [b.rows for b in blocks if b.rows.num_rows]
     table = pa.concat_tables(tables) if tables else None
     return table, [r for b in blocks for r in b.rejections]
@@ -50,7 +50,8 @@ def test_bad_json_lines_are_set_aside_with_file_row_and_reason(tmp_path):
     ]
     path = tmp_path / "docs.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
-    table, rejections = read(path, "docs/docs.jsonl")
+    # One block: a metadata key has one Arrow type per block (the unit written as one file).
+    table, rejections = read(path, "docs/docs.jsonl", block_rows=16)
     assert table.column("id").to_pylist() == ["ok1", "ok2"]
     reasons = {r.row: r.reason for r in rejections}
     assert all(r.file == "docs/docs.jsonl" for r in rejections)
@@ -234,3 +235,124 @@ def test_a_block_whose_every_row_is_rejected_has_the_columns_of_any_other(tmp_pa
     blocks = blocks_of(path, "docs/a.jsonl", block_rows=2)
     assert [b.rows.num_rows for b in blocks] == [0, 1]
     assert set(blocks[0].rows.column_names) >= {"id", "text", "collection", "_row"}
+
+
+# -- values Arrow cannot hold, and files read in bounded pieces ------------------------------
+
+SURROGATE = "\ud83d"  # half of an emoji: JSON can spell it, UTF-8 and Arrow cannot hold it
+
+
+def awkward_lines() -> list[bytes]:
+    """Well-formed JSON that Arrow cannot take as it is, each kind once (json.dumps writes a
+    lone surrogate as its escape, as a splitter's output would)."""
+    import json
+
+    records = [
+        {"id": "ok", "text": "fine", "n": 1},
+        {"id": "cut-text", "text": f"an emoji cut in half {SURROGATE}"},
+        {"id": f"cut-id-{SURROGATE}", "text": "fine"},
+        {"id": "cut-collection", "text": "fine", "collection": f"docs{SURROGATE}"},
+        {"id": "cut-key", "text": "fine", f"k{SURROGATE}": 1},
+        {"id": "big", "text": "fine", "n": 2**64, "title": f"cut {SURROGATE} title"},
+        {"id": 2**70, "text": "an id beyond 64 bits is text like any other"},
+    ]
+    return [json.dumps(r).encode() for r in records] + [b"[" * 5000 + b"]" * 5000]
+
+
+def test_values_arrow_cannot_hold_are_rejected_or_kept_as_text_never_a_failed_file(tmp_path):
+    import json
+
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b"\n".join(awkward_lines()) + b"\n")
+    table, rejections = read(path, "docs/a.jsonl", block_rows=16)
+    assert table.column("id").to_pylist() == ["ok", "big", str(2**70)]
+    reasons = {r.row: r.reason for r in rejections}
+    assert reasons[1].startswith("the text is not valid Unicode: a lone surrogate \\ud83d")
+    assert reasons[2].startswith("the id is not valid Unicode")
+    assert reasons[3].startswith("invalid collection name 'docs\\ud83d'")
+    assert reasons[4].startswith("a key is not valid Unicode")
+    assert reasons[7] == "malformed JSON: nested too deeply"
+    # An integer beyond 64 bits makes its column JSON text; a cut emoji in a metadata string
+    # is kept as its escape, which reads back as it was written.
+    assert table.column("n").to_pylist() == ["1", str(2**64), None]
+    assert table.column("title").to_pylist() == [None, "cut \\ud83d title", None]
+    assert json.loads('"' + table.column("title")[1].as_py() + '"') == f"cut {SURROGATE} title"
+    # The rejection list can be written as UTF-8: the raw previews carry escapes.
+    for rejection in rejections:
+        json.dumps(rejection.as_record(), ensure_ascii=False).encode("utf-8")
+
+
+def test_the_duplicate_scan_takes_the_same_rows_as_the_reader(tmp_path):
+    from jobs.pipeline.duplicates import find_corpus_duplicates, scan_here
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.jsonl").write_bytes(b"\n".join(awkward_lines()) + b"\n")
+    write_jsonl(tmp_path / "docs" / "b.jsonl", [{"id": "big", "text": "again"}])
+    folder = InputFolder(str(tmp_path))
+    scan = find_corpus_duplicates(folder, folder.list_files(), Columns(), 16, scan_here)
+    assert scan.unread == {}
+    assert scan.excluded == {
+        "docs/b.jsonl": {"0": "duplicate id: first seen in docs/a.jsonl row 5"}
+    }
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(
+        b"\xef\xbb\xbf" + b'{"id": "first", "text": "kept"}\n{"id": "2", "text": "x"}\n'
+    )
+    table, rejections = read(path, "docs/a.jsonl")
+    assert table.column("id").to_pylist() == ["first", "2"] and rejections == []
+
+
+def test_json_lines_are_read_a_block_at_a_time_and_only_what_is_asked(tmp_path):
+    from jobs.pipeline.reading import read_rows
+
+    write_jsonl(tmp_path / "docs" / "a.jsonl", [{"text": f"t{i}", "tag": i} for i in range(10)])
+    folder = InputFolder(str(tmp_path))
+    (input_file,) = folder.list_files()
+    batches = list(read_rows(folder, input_file, Columns(), 3))
+    assert [b.end_row for b in batches] == [3, 6, 9, 10]
+    assert [b.checked.num_rows for b in batches] == [3, 3, 3, 1]
+    assert batches[1].metadata_of([0, 2]).to_pylist() == [{"tag": 3}, {"tag": 5}]
+    # Without metadata (the duplicate scan, the calibration sample) no record is kept.
+    bare = list(read_rows(folder, input_file, Columns(), 3, metadata=False))
+    assert [b.checked for b in bare] == [b.checked for b in batches]
+    assert bare[1].metadata_of([0, 2]).num_columns == 0
+
+
+def test_parquet_without_metadata_reads_only_the_checked_columns(tmp_path):
+    from jobs.pipeline.reading import read_rows
+
+    big = ["x" * 1000] * 50
+    pq.write_table(pa.table({"id": [str(i) for i in range(50)], "text": ["t"] * 50, "blob": big}),
+                   tmp_path / "t.parquet")  # fmt: skip
+    folder = InputFolder(str(tmp_path))
+    (input_file,) = folder.list_files()
+    (with_metadata,) = read_rows(folder, input_file, Columns(), 64)
+    (bare,) = read_rows(folder, input_file, Columns(), 64, metadata=False)
+    assert with_metadata.metadata_of([0]).column_names == ["blob"]
+    assert bare.metadata_of([0]).num_columns == 0
+    assert bare.checked == with_metadata.checked
+
+
+def test_only_storage_failures_are_storage_read_errors():
+    import io
+
+    import pytest
+
+    from jobs.pipeline.folders import StorageReadError, _GuardedReads
+
+    class Failing(io.RawIOBase):
+        def __init__(self, error):
+            self.error = error
+
+        def read(self, size=-1):
+            raise self.error
+
+    with pytest.raises(StorageReadError):
+        _GuardedReads(Failing(ConnectionResetError("reset by peer")), "a.jsonl").read(10)
+    with pytest.raises(MemoryError):
+        _GuardedReads(Failing(MemoryError()), "a.jsonl").read(10)
+    with pytest.raises(ZeroDivisionError):
+        _GuardedReads(Failing(ZeroDivisionError()), "a.jsonl").read(10)

@@ -148,12 +148,12 @@ def test_an_edited_row_is_embedded_again_and_its_block_mates_reuse_their_vectors
     edited = run_here(spec, replica)
     assert (edited.embedded, edited.reused, edited.skipped) == (1, 2, 8)
     assert edited.files_written == 1  # only block 3 of a.jsonl
-    # A new metadata key gives every row of the file a new column: each of its blocks is
-    # rewritten, and still only the edited text is encoded.
+    # A new metadata key gives the rows of its block a new column (a JSON Lines file is read
+    # block by block): that block is rewritten, and nothing is encoded.
     records[5]["lang"] = "en"
     write_jsonl(tmp_path / "in" / "docs" / "a.jsonl", records)
     metadata_edit = run_here(spec, replica)
-    assert (metadata_edit.embedded, metadata_edit.reused, metadata_edit.files_written) == (0, 7, 3)
+    assert (metadata_edit.embedded, metadata_edit.reused, metadata_edit.files_written) == (0, 3, 1)
     rows = output_rows(spec.output)
     assert rows["a4"]["text"] == "an edited chunk" and rows["a5"]["lang"] == "en"
     np.testing.assert_allclose(

@@ -75,8 +75,11 @@ def read_blocks(
     columns: Columns,
     block_rows: int,
     excluded: dict[int, str] | None = None,
+    metadata: bool = True,
 ) -> Iterator[Block]:
-    """Every block of the file that has valid rows or rejections, in row order.
+    """Every block of the file that has valid rows or rejections, in row order (without
+    metadata: only id, text, collection and row; what the duplicate scan and the calibration
+    sample need).
 
     A file whose content cannot be decoded from some row on is cut there: the blocks before
     are handed on, and one last block (`cut_at`) carries a single rejection that covers the
@@ -85,7 +88,7 @@ def read_blocks(
     """
     pending = _PendingBlocks(input_file, block_rows)
     try:
-        for batch in read_rows(folder, input_file, columns, block_rows):
+        for batch in read_rows(folder, input_file, columns, block_rows, metadata):
             valid, rejections = validate(batch, input_file, excluded)
             pending.add(valid, rejections)
             yield from pending.completed(batch.end_row)

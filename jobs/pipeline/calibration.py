@@ -39,7 +39,7 @@ def sample_texts(
     texts: list[str] = []
     for input_file in input_files:
         try:
-            for block in read_blocks(folder, input_file, columns, block_rows):
+            for block in read_blocks(folder, input_file, columns, block_rows, metadata=False):
                 texts += block.rows.column("text").to_pylist()[: rows - len(texts)]
                 if len(texts) >= rows:
                     return texts
@@ -70,6 +70,8 @@ def load_or_calibrate(
     if recorded is not None:
         return recorded
     texts = sample()
+    if not texts:  # no valid row to calibrate on (and so no block to embed): decided later
+        return None
     full = embed(texts)
     record: dict[str, Any] = {"rows": len(texts)}
     rotation = None

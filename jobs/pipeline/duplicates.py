@@ -87,7 +87,7 @@ def file_sightings(
 ) -> np.ndarray:
     """Every valid row of the file as a sighting; StorageReadError if it cannot be read."""
     parts = [np.empty(0, SIGHTING)]
-    for block in read_blocks(folder, input_file, columns, block_rows):
+    for block in read_blocks(folder, input_file, columns, block_rows, metadata=False):
         ids = block.rows.column("id").to_pylist()
         part = np.empty(len(ids), SIGHTING)
         part["hash"] = np.fromiter((id_hash(i) for i in ids), np.uint64, len(ids))

@@ -19,6 +19,7 @@ OUTPUT's layout:
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -68,9 +69,31 @@ class StorageReadError(Exception):
         self.relpath = relpath
 
 
+@functools.cache
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """What storage libraries raise when the storage itself fails, after their own retries:
+    OSError (connections, timeouts, missing or vanished files, permissions, and s3fs's
+    translation of S3 errors), botocore's and aiohttp's own errors. Anything else (a
+    MemoryError, a bug) is not a storage failure and is never reported as one."""
+    errors: list[type[BaseException]] = [OSError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        errors += [BotoCoreError, ClientError]
+    except ImportError:
+        pass
+    try:
+        from aiohttp import ClientError as HttpClientError
+
+        errors.append(HttpClientError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
 class _GuardedReads(io.RawIOBase):
-    """A storage file whose every failure is a StorageReadError: decoders stacked on top
-    (gzip, Parquet) then raise only for what they decode."""
+    """A storage file whose every storage failure is a StorageReadError: decoders stacked on
+    top (gzip, Parquet) then raise only for what they decode."""
 
     def __init__(self, handle, relpath: str):
         self.handle = handle
@@ -79,7 +102,7 @@ class _GuardedReads(io.RawIOBase):
     def _guarded(self, method, *args):
         try:
             return method(*args)
-        except Exception as err:
+        except storage_errors() as err:
             raise StorageReadError(self.relpath, err) from err
 
     def readable(self) -> bool:
@@ -234,7 +257,7 @@ class InputFolder(Folder):
         relpath = input_file.relpath
         try:
             raw = self.open(relpath, "rb")
-        except Exception as err:
+        except storage_errors() as err:
             raise StorageReadError(relpath, err) from err
         compression = infer_compression(relpath) if input_file.fmt == "jsonl" else None
         with io.BufferedReader(_GuardedReads(raw, relpath), buffer_size=1 << 20) as stream:

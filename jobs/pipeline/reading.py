@@ -3,14 +3,20 @@ that is jobs.pipeline.validation.
 
 Whatever the format, rows come out in one shape (`RowBatch`): the columns the job checks, typed
 the same way for every file, and the file's other columns (metadata) built only for the rows
-that are kept. JSON Lines are parsed line by line, so a malformed line becomes a rejection
-rather than a failed file, and a whole file is parsed before anything is handed on, so a
-metadata key gets one Arrow type per file. Parquet is read in batches, its types kept.
+that are kept. A file is read in batches of about a block's rows and never held whole: Parquet
+by its own batches, its types kept; JSON Lines line by line, so a malformed line becomes a
+rejection rather than a failed file, and a metadata key gets one Arrow type per batch (a
+block's rows). Values Arrow cannot hold are set aside or kept as JSON text, never a failed
+file (see `_checked_values` and `metadata_column`). Whoever needs only the checked columns
+(the duplicate-id scan, the calibration sample) asks for no metadata: Parquet then reads only
+those columns, and JSON records are not kept.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +32,8 @@ from jobs.pipeline.units import InputFile
 
 ROW = "_row"  # the row's position in its file, counting every line or Parquet row
 ROW_KEY = "_key"  # the row's reuse key (jobs.pipeline.commit.row_keys), added when embedded
-TEXT_PROBLEM = "_text_problem"  # why the text is not a string; null when it is one
+ID_PROBLEM = "_id_problem"  # an id that cannot be written (not valid Unicode)
+TEXT_PROBLEM = "_text_problem"  # why the text cannot be embedded; null when it can
 COLLECTION_PROBLEM = "_collection_problem"  # a `collection` value that is not a string
 CHECKED_SCHEMA = pa.schema(
     [
@@ -34,25 +41,36 @@ CHECKED_SCHEMA = pa.schema(
         ("id", pa.string()),  # null: the row has none (one is derived)
         ("text", pa.string()),  # null where the text is not a string
         ("collection", pa.string()),  # null: the file's folder decides
+        (ID_PROBLEM, pa.string()),
         (TEXT_PROBLEM, pa.string()),
         (COLLECTION_PROBLEM, pa.string()),
     ]
 )
-# Columns the job writes itself. An input metadata column with one of these names (say `text`
-# when --text-column is `body`) is kept as `input_<name>`, never overwritten.
-OUTPUT_COLUMNS = ("id", "text", "embedding")
 RENAMED_PREFIX = "input_"
 
 
 @dataclass(frozen=True)
 class Columns:
-    """Which input columns hold the text and the id."""
+    """Which input columns hold the text and the id, and the vector columns the run writes."""
 
     text: str = "text"
     id: str = "id"
+    vectors: tuple[str, ...] = ("embedding",)
 
     def is_metadata(self, name: str) -> bool:
         return name not in (self.text, self.id, "collection")
+
+    def output_name(self, metadata_name: str) -> str:
+        """The output column of an input metadata column: never one the job writes itself.
+        A column named like one (`text` when --text-column is `body`, `embedding_256` with
+        --dims 384,256) is kept as `input_<name>`; so is one already named `input_<such a
+        name>`, which keeps every metadata column's output name distinct."""
+        written = ("id", "text", *self.vectors, ROW, ROW_KEY)
+        bare = re.sub(f"^({RENAMED_PREFIX})+", "", metadata_name)
+        renamed = bare != metadata_name and bare in {w.lstrip("_") for w in written}
+        if metadata_name in written or renamed:
+            return RENAMED_PREFIX + metadata_name.lstrip("_")
+        return metadata_name
 
 
 @dataclass
@@ -68,19 +86,18 @@ class RowBatch:
 
 
 def read_rows(
-    folder: InputFolder, input_file: InputFile, columns: Columns, batch_rows: int
+    folder: InputFolder,
+    input_file: InputFile,
+    columns: Columns,
+    batch_rows: int,
+    metadata: bool = True,
 ) -> Iterator[RowBatch]:
-    """The file's rows in order, in batches of about batch_rows (JSON Lines: one batch)."""
+    """The file's rows in order, in batches of about batch_rows (JSON Lines: rows
+    [k*batch_rows, (k+1)*batch_rows) each). Without metadata only the checked columns are
+    read."""
     if input_file.fmt == "parquet":
-        return _parquet_batches(folder, input_file, columns, batch_rows)
-    return _jsonl_batches(folder, input_file, columns)
-
-
-def output_name(metadata_name: str) -> str:
-    """The output column of an input metadata column; never one the job writes itself."""
-    if metadata_name in (*OUTPUT_COLUMNS, ROW, ROW_KEY):
-        return RENAMED_PREFIX + metadata_name.lstrip("_")
-    return metadata_name
+        return _parquet_batches(folder, input_file, columns, batch_rows, metadata)
+    return _jsonl_batches(folder, input_file, columns, batch_rows, metadata)
 
 
 # -- JSON Lines ------------------------------------------------------------------------------
@@ -88,26 +105,67 @@ def output_name(metadata_name: str) -> str:
 _MISSING = object()
 
 
-def _jsonl_batches(folder: InputFolder, input_file: InputFile, columns: Columns):
-    records: list[dict[str, Any]] = []
-    rows: list[int] = []
-    rejected: list[Rejection] = []
+def _jsonl_batches(
+    folder: InputFolder, input_file: InputFile, columns: Columns, batch_rows: int, metadata: bool
+) -> Iterator[RowBatch]:
+    """Rows [k*batch_rows, (k+1)*batch_rows) at a time: the file is never held whole, only one
+    batch's parsed records, and those only when its metadata is wanted."""
+    batch = _JsonlBatch(input_file.relpath, columns, metadata)
     end_row = 0
     with folder.open_input(input_file) as handle:
         for row, line in enumerate(handle):
+            if row == 0:
+                line = line.removeprefix(codecs.BOM_UTF8)  # a byte-order mark is not data
+            batch.add(row, line)
             end_row = row + 1
-            record = _parse_line(line, input_file.relpath, row, rejected)
-            if record is not None:
-                records.append(record)
-                rows.append(row)
-    checked = _checked_from_records(records, rows, columns)
+            if end_row % batch_rows == 0:
+                yield batch.finish(end_row)
+                batch = _JsonlBatch(input_file.relpath, columns, metadata)
+    if batch.rows or batch.rejected:
+        yield batch.finish(end_row)
 
-    def metadata_of(positions: list[int]) -> pa.Table:
-        kept = [records[i] for i in positions]
-        names = [n for n in dict.fromkeys(k for r in kept for k in r) if columns.is_metadata(n)]
-        return pa.table({output_name(n): metadata_column([r.get(n) for r in kept]) for n in names})
 
-    yield RowBatch(checked, end_row, rejected, metadata_of)
+class _JsonlBatch:
+    """The rows of one batch of JSON lines as they are parsed: the checked columns at once,
+    the records themselves only for the metadata."""
+
+    def __init__(self, file: str, columns: Columns, metadata: bool):
+        self.file = file
+        self.columns = columns
+        self.records: list[dict[str, Any]] | None = [] if metadata else None
+        self.rows: list[int] = []
+        self.rejected: list[Rejection] = []
+        self.checked: dict[str, list] = {name: [] for name in CHECKED_SCHEMA.names if name != ROW}
+
+    def add(self, row: int, line: bytes) -> None:
+        record = _parse_line(line, self.file, row, self.rejected)
+        if record is None:
+            return
+        self.rows.append(row)
+        for name, value in _checked_values(record, self.columns).items():
+            self.checked[name].append(value)
+        if self.records is not None:
+            self.records.append(record)
+
+    def finish(self, end_row: int) -> RowBatch:
+        arrays = [self.rows, *(self.checked[n] for n in CHECKED_SCHEMA.names if n != ROW)]
+        checked = pa.Table.from_arrays(arrays, schema=CHECKED_SCHEMA)
+        return RowBatch(checked, end_row, self.rejected, self._metadata_taker())
+
+    def _metadata_taker(self) -> Callable[[list[int]], pa.Table]:
+        records, columns = self.records, self.columns
+
+        def metadata_of(positions: list[int]) -> pa.Table:
+            if records is None:
+                return pa.table({})
+            kept = [records[i] for i in positions]
+            keys = dict.fromkeys(k for r in kept for k in r)
+            names = [n for n in keys if columns.is_metadata(n)]
+            return pa.table(
+                {columns.output_name(n): metadata_column([r.get(n) for r in kept]) for n in names}
+            )
+
+        return metadata_of
 
 
 def _parse_line(line: bytes, file: str, row: int, rejected: list[Rejection]) -> dict | None:
@@ -124,30 +182,44 @@ def _parse_line(line: bytes, file: str, row: int, rejected: list[Rejection]) -> 
         reason = f"malformed JSON: {err.msg} at column {err.colno}"
         rejected.append(Rejection.of(file, row, reason, raw=text))
         return None
+    except RecursionError:
+        rejected.append(Rejection.of(file, row, "malformed JSON: nested too deeply", raw=text))
+        return None
     if not isinstance(record, dict):
         reason = f"not a JSON object but {type(record).__name__}"
         rejected.append(Rejection.of(file, row, reason, raw=text))
         return None
+    # A key becomes a column name: one Arrow cannot hold would fail the whole block.
+    bad_key = next((key for key in record if lone_surrogate(key) is not None), None)
+    if bad_key is not None:
+        rejected.append(Rejection.of(file, row, reasons.not_unicode("a key", bad_key), raw=text))
+        return None
     return record
 
 
-def _checked_from_records(records: list[dict], rows: list[int], columns: Columns) -> pa.Table:
-    """The checked columns of parsed JSON records: Python types decide the problems."""
-    ids, texts, text_problems, collections, collection_problems = [], [], [], [], []
-    for record in records:
-        identifier = record.get(columns.id)
-        ids.append(None if identifier is None else str(identifier))
-        text = record.get(columns.text, _MISSING)
-        texts.append(text if isinstance(text, str) else None)
-        text_problems.append(_text_problem(text, columns.text))
-        collection = record.get("collection")
-        usable = collection is None or isinstance(collection, str)
-        collections.append(collection if usable else None)
-        collection_problems.append(None if usable else reasons.invalid_collection(collection))
-    return pa.Table.from_arrays(
-        [rows, ids, texts, collections, text_problems, collection_problems],
-        schema=CHECKED_SCHEMA,
-    )
+def _checked_values(record: dict[str, Any], columns: Columns) -> dict[str, Any]:
+    """One parsed record's checked columns: Python types decide the problems."""
+    identifier = record.get(columns.id)
+    identifier = None if identifier is None else str(identifier)
+    id_problem = None
+    if identifier is not None and lone_surrogate(identifier) is not None:
+        identifier, id_problem = None, reasons.not_unicode("the id", identifier)
+    text = record.get(columns.text, _MISSING)
+    text_problem = _text_problem(text, columns.text)
+    collection = record.get("collection")
+    collection_problem = None
+    if not (collection is None or isinstance(collection, str)) or (
+        isinstance(collection, str) and lone_surrogate(collection) is not None
+    ):
+        collection, collection_problem = None, reasons.invalid_collection(collection)
+    return {
+        "id": identifier,
+        "text": None if text_problem else text,
+        "collection": collection,
+        ID_PROBLEM: id_problem,
+        TEXT_PROBLEM: text_problem,
+        COLLECTION_PROBLEM: collection_problem,
+    }
 
 
 def _text_problem(text: Any, column: str) -> str | None:
@@ -157,39 +229,90 @@ def _text_problem(text: Any, column: str) -> str | None:
         return reasons.null_text(column)
     if not isinstance(text, str):
         return reasons.text_not_a_string(type(text).__name__)
+    if lone_surrogate(text) is not None:
+        return reasons.not_unicode("the text", text)
     return None
 
 
+def lone_surrogate(text: str) -> int | None:
+    """Where the first lone surrogate is (JSON can spell one, "\\ud83d", as half of a
+    character a splitter cut apart; UTF-8 and Arrow cannot hold it), or None."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return err.start
+    return None
+
+
+def escape_surrogates(value: Any) -> Any:
+    """A JSON value with every lone surrogate written as its escape (\\ud83d), at any depth."""
+    if isinstance(value, str):
+        return value if lone_surrogate(value) is None else _escaped(value)
+    if isinstance(value, list):
+        return [escape_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {escape_surrogates(k): escape_surrogates(v) for k, v in value.items()}
+    return value
+
+
+def _escaped(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# What pyarrow raises for JSON values it cannot hold: mixed types, integers outside 64 bits,
+# lone surrogates.
+UNHOLDABLE = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, UnicodeEncodeError)
+
+
 def metadata_column(values: list[Any]) -> pa.Array:
-    """An Arrow column for one JSON metadata key; mixed types fall back to JSON text."""
+    """An Arrow column for one JSON metadata key. Lone surrogates are kept as their escapes;
+    values of mixed types, or integers beyond 64 bits, make the column JSON text."""
     try:
         return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pa.array(
-            [None if v is None else json.dumps(v, ensure_ascii=False) for v in values],
-            type=pa.string(),
-        )
+    except UnicodeEncodeError:
+        values = [escape_surrogates(v) for v in values]
+    except UNHOLDABLE:
+        return json_text_column(values)
+    try:
+        return pa.array(values)
+    except UNHOLDABLE:
+        return json_text_column(values)
+
+
+def json_text_column(values: list[Any]) -> pa.Array:
+    """Each value as JSON text (a lone surrogate as its JSON escape, which reads back as it
+    was)."""
+    texts = [None if v is None else json.dumps(v, ensure_ascii=False) for v in values]
+    return pa.array([t if t is None or lone_surrogate(t) is None else _escaped(t) for t in texts])
 
 
 # -- Parquet ---------------------------------------------------------------------------------
 
 
-def _parquet_batches(folder: InputFolder, input_file: InputFile, columns: Columns, batch_rows):
+def _parquet_batches(
+    folder: InputFolder, input_file: InputFile, columns: Columns, batch_rows: int, metadata: bool
+) -> Iterator[RowBatch]:
     with folder.open_input(input_file) as handle:
+        parquet = pq.ParquetFile(handle)
+        names = parquet.schema_arrow.names
+        wanted = names if metadata else [n for n in names if not columns.is_metadata(n)]
         first_row = 0
-        for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows):
+        # A file without any checked column is still read whole: its rows must be counted.
+        for batch in parquet.iter_batches(batch_size=batch_rows, columns=wanted or None):
             table = pa.Table.from_batches([batch])
             end_row = first_row + table.num_rows
             checked = _checked_from_arrow(table, first_row, columns)
-            metadata = table.select([n for n in table.column_names if columns.is_metadata(n)])
-            yield RowBatch(checked, end_row, [], _metadata_taker(metadata))
+            kept = [n for n in table.column_names if metadata and columns.is_metadata(n)]
+            yield RowBatch(checked, end_row, [], _metadata_taker(table.select(kept), columns))
             first_row = end_row
 
 
-def _metadata_taker(metadata: pa.Table) -> Callable[[list[int]], pa.Table]:
+def _metadata_taker(metadata: pa.Table, columns: Columns) -> Callable[[list[int]], pa.Table]:
     def metadata_of(positions: list[int]) -> pa.Table:
         taken = metadata.take(pa.array(positions, pa.int64()))
-        return taken.rename_columns([output_name(n) for n in taken.column_names])
+        return taken.rename_columns([columns.output_name(n) for n in taken.column_names])
 
     return metadata_of
 
@@ -207,6 +330,7 @@ def _checked_from_arrow(table: pa.Table, first_row: int, columns: Columns) -> pa
             ids if ids is not None else pa.nulls(n, pa.string()),
             texts,
             collections,
+            pa.nulls(n, pa.string()),
             text_problems,
             collection_problems,
         ],

@@ -25,9 +25,10 @@ class Rejection:
 
     @classmethod
     def of(cls, file: str, row: int | None, reason: str, id_: Any = None, raw: Any = None):
-        """A rejection with the id as text and the raw value cut to a preview."""
-        preview = None if raw is None else str(raw)[:RAW_PREVIEW_CHARS]
-        return cls(file, row, reason, None if id_ is None else str(id_), preview)
+        """A rejection with the id as text and the raw value cut to a preview, each writable
+        as UTF-8 (a lone surrogate shown as its escape)."""
+        preview = None if raw is None else writable(str(raw)[:RAW_PREVIEW_CHARS])
+        return cls(file, row, reason, None if id_ is None else writable(str(id_)), preview)
 
     def as_record(self) -> dict[str, Any]:
         """The line written to OUTPUT/_rejected/: the row is always there, the rest if known."""
@@ -39,6 +40,11 @@ class Rejection:
     def kind(self) -> str:
         """The reason without its details (the part before the first colon)."""
         return self.reason.split(":")[0]
+
+
+def writable(text: str) -> str:
+    """The text with anything UTF-8 cannot hold (lone surrogates) as backslash escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def count_by_kind(rejections: Iterable[Rejection]) -> dict[str, int]:
@@ -61,6 +67,16 @@ def text_not_a_string(type_name: str) -> str:
 
 
 EMPTY_TEXT = "empty or whitespace-only text"
+
+
+def not_unicode(what: str, value: str) -> str:
+    """A string with a lone surrogate: JSON can spell one ("\\ud83d"), typically half of an
+    emoji that a splitter cut apart, but UTF-8 (so Arrow and Parquet) cannot hold it."""
+    position = next(i for i, c in enumerate(value) if "\ud800" <= c <= "\udfff")
+    return (
+        f"{what} is not valid Unicode: a lone surrogate {writable(value[position])} at "
+        f"character {position} (half of a character cut apart?)"
+    )
 
 
 def invalid_collection(value: Any) -> str:

@@ -332,7 +332,9 @@ def run_pipeline(
     placement: Placement,
 ) -> tuple[Tally, list[dict[str, Any]]]:
     """Run every work item to committed Parquet; returns the envelopes' figures added up and
-    each replica's own."""
+    each replica's own. No item (every input file unreadable): nothing to run."""
+    if not items:
+        return Tally(), []
     import ray
     import ray.data
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

@@ -1,8 +1,9 @@
 """Which rows can be embedded: checks over whole Arrow columns, a reason for every row set aside.
 
 A row's reason is the first that applies: an id seen earlier in the corpus (found by
-jobs.pipeline.duplicates), a text that is missing, null, not a string, empty or whitespace,
-a `collection` that is not one plain folder name.
+jobs.pipeline.duplicates), an id that is not valid Unicode, a text that is missing, null, not a
+string, not valid Unicode, empty or whitespace, a `collection` that is not one plain folder
+name.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.pipeline import rejections as reasons
-from jobs.pipeline.reading import COLLECTION_PROBLEM, ROW, TEXT_PROBLEM, RowBatch
+from jobs.pipeline.reading import COLLECTION_PROBLEM, ID_PROBLEM, ROW, TEXT_PROBLEM, RowBatch
 from jobs.pipeline.rejections import Rejection
 from jobs.pipeline.units import InputFile
 
@@ -31,6 +32,7 @@ def validate(
     collection = pc.coalesce(checked["collection"], pa.scalar(input_file.collection))
     problem = pc.coalesce(
         excluded_reasons(checked[ROW], excluded or {}),
+        checked[ID_PROBLEM],
         checked[TEXT_PROBLEM],
         pc.if_else(is_blank(checked["text"]), pa.scalar(reasons.EMPTY_TEXT), NO_REASON),
         checked[COLLECTION_PROBLEM],
