@@ -356,3 +356,20 @@ def test_only_storage_failures_are_storage_read_errors():
         _GuardedReads(Failing(MemoryError()), "a.jsonl").read(10)
     with pytest.raises(ZeroDivisionError):
         _GuardedReads(Failing(ZeroDivisionError()), "a.jsonl").read(10)
+
+
+def test_every_metadata_column_gets_an_output_name_of_its_own():
+    columns = Columns(text="body", vectors=("embedding_384", "embedding_384_int8"))
+    names = [
+        "text", "embedding_384", "embedding_384_int8", "_row", "input_text",
+        "input_input_text", "embedding", "embedding_128", "input_page", "page", "row",
+    ]  # fmt: skip
+    renamed = [columns.output_name(n) for n in names]
+    assert renamed == [
+        "input_text", "input_embedding_384", "input_embedding_384_int8", "input_row",
+        "input_input_text", "input_input_input_text", "embedding", "embedding_128",
+        "input_page", "page", "row",
+    ]  # fmt: skip
+    assert len(set(renamed)) == len(renamed)
+    written = {"id", "text", "embedding_384", "embedding_384_int8"}
+    assert not written & set(renamed)

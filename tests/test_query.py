@@ -25,9 +25,12 @@ def prompted_run(tmp_path_factory, model_path):
     with two widths and int8 codes."""
     root = tmp_path_factory.mktemp("prompted")
     texts = [t.splitlines()[0][:200] for t in real_texts(40)]
-    write_jsonl(
-        root / "in" / "docs" / "a.jsonl", [{"id": f"d{i}", "text": t} for i, t in enumerate(texts)]
-    )
+    # Metadata named like two of the run's output columns: kept as input_<name>.
+    records = [
+        {"id": f"d{i}", "text": t, "embedding_128": [i], "embedding_384_int8": f"m{i}"}
+        for i, t in enumerate(texts)
+    ]
+    write_jsonl(root / "in" / "docs" / "a.jsonl", records)
     registry_file = root / "models.toml"
     registry_file.write_text(
         f'[models."prompted-minilm"]\npath = "{model_path}"\nnative_dim = 384\n'
@@ -42,6 +45,15 @@ def prompted_run(tmp_path_factory, model_path):
     assert result.returncode == 0, result.stderr[-3000:]
     registry_file.unlink()  # the query side must not need it
     return output
+
+
+def test_input_columns_named_like_output_columns_are_kept_apart(prompted_run):
+    table = read_output(prompted_run)["docs"]
+    rows = {row["id"]: row for row in table.to_pylist()}
+    assert rows["d3"]["input_embedding_128"] == [3]
+    assert rows["d3"]["input_embedding_384_int8"] == "m3"
+    assert len(rows["d3"]["embedding_128"]) == 128
+    assert len(table.column_names) == len(set(table.column_names))
 
 
 def test_stored_rows_are_reproduced_exactly_from_the_output_alone(prompted_run):

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from embedder import ReplicaSpec
+from embedder.outputs import output_columns
 from jobs.pipeline import calibration, commit, dry_run, duplicates, manifest, summary
 from jobs.pipeline.folders import MANIFEST, InputError, InputFolder, OutputFolder
 from jobs.pipeline.lease import Lease, LeaseHeld, check_free
@@ -70,7 +71,8 @@ class Job:
 
     @property
     def columns(self) -> Columns:
-        return Columns(text=self.settings.text_column, id=self.settings.id_column)
+        vectors = tuple(output_columns(self.dims, self.settings.precision))
+        return Columns(text=self.settings.text_column, id=self.settings.id_column, vectors=vectors)
 
     @property
     def max_tokens(self) -> int | None:
