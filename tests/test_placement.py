@@ -57,6 +57,24 @@ def test_replicas_are_sized_and_counted_node_by_node():
         place_replicas([Node(2, 0, "head"), Node(1, 2, "w1")], cpus_per_replica=1, replicas=2)
 
 
+def test_gpu_replicas_leave_a_cpu_for_io_or_are_refused_naming_the_node():
+    # Two replicas of 4 CPUs on a node of 8 CPUs and 2 GPUs would take every CPU: the read and
+    # write tasks would never run.
+    with pytest.raises(PlacementError) as refused:
+        place_replicas([Node(8, 2, "gpu-node")], cpus_per_replica=4)
+    message = str(refused.value)
+    assert "take all 8 CPUs of gpu-node (8 CPU, 2 GPU)" in message
+    assert "--cpus-per-replica 3 or --replicas 1" in message
+    assert place_replicas([Node(8, 2, "gpu-node")], cpus_per_replica=3).replicas == 2
+    assert place_replicas([Node(8, 2, "gpu-node")], replicas=1, cpus_per_replica=4).replicas == 1
+    with pytest.raises(PlacementError, match="take all 2 CPUs"):
+        on_one_node(2, 2)  # one CPU per GPU replica by default: none left
+    # On several nodes the free CPU may be anywhere: a CPU head runs the reads.
+    assert place_replicas([Node(2, 0, "head"), Node(4, 1, "w1")], cpus_per_replica=4).replicas == 1
+    with pytest.raises(PlacementError, match=r"take all 8 CPUs of w1 \(4 CPU, 1 GPU\), w2"):
+        place_replicas([Node(4, 1, "w1"), Node(4, 1, "w2")], cpus_per_replica=4)
+
+
 def test_gpus_per_replica_zero_forces_cpu_placement():
     placement = on_one_node(4, 2, gpus_per_replica=0)
     assert placement.gpus_per_replica == 0 and not placement.on_gpus

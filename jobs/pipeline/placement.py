@@ -70,7 +70,28 @@ def place_on_gpus(nodes: list[Node], replicas: int | None, gpus_each: float, cpu
             f"node{describe(largest)} has {largest.gpus:g} GPU and {largest.cpus:g} CPU); lower "
             "--replicas or set --gpus-per-replica 0 for CPU."
         )
+    check_room_for_io(nodes, count, cpus_each)
     return Placement(count, gpus_each, cpus_each, cpus_each)
+
+
+def check_room_for_io(nodes: list[Node], count: int, cpus_each: int) -> None:
+    """GPU replicas must leave a CPU free for Ray Data's read and write tasks, as CPU
+    replicas do: on a lone node, on that node; on several, anywhere in the cluster (those
+    tasks run on any node, e.g. a CPU head). Otherwise the job would hang without an error."""
+    total = int(sum(n.cpus for n in nodes))
+    if total - count * cpus_each >= CPUS_KEPT_FOR_IO:
+        return
+    hosts = [n for n in nodes if n.gpus > 0]
+    where = ", ".join(f"{n.name or 'the node'} ({n.cpus:g} CPU, {n.gpus:g} GPU)" for n in hosts)
+    fewer_cpus = (total - CPUS_KEPT_FOR_IO) // count
+    fewer_replicas = (total - CPUS_KEPT_FOR_IO) // cpus_each
+    remedies = [f"--cpus-per-replica {fewer_cpus}"] if fewer_cpus >= 1 else []
+    remedies += [f"--replicas {fewer_replicas}"] if fewer_replicas >= 1 else []
+    raise PlacementError(
+        f"{count} GPU replica(s) x {cpus_each} CPU would take all {total} CPUs of {where}: "
+        f"{CPUS_KEPT_FOR_IO} must stay free for reading and writing, or the job would hang. "
+        f"Use {' or '.join(remedies) or 'a node with more CPUs'}."
+    )
 
 
 def place_on_cpus(nodes: list[Node], replicas: int | None, cpus_per_replica: int | None):
