@@ -129,3 +129,20 @@ def test_remove_stale_keeps_what_is_current_and_the_run_records(tmp_path):
     removed = output.remove_stale({current, kept_rejections})
     assert sorted(removed) == sorted(stale)
     assert set(output.files()) == {current, kept_rejections, *records}
+
+
+def test_clearing_removes_the_jobs_files_only(tmp_path):
+    output = OutputFolder(str(tmp_path / "out"))
+    jobs_files = [
+        "_manifest.json", "_fingerprint.json", "_calibration.json", "_rotation.npy",
+        "_rejected/0123456789abcdef-a.jsonl",
+        "collection=docs/part-0123456789abcdef-000000000.parquet",
+        "collection=docs/.part-0123456789abcdef-000000000.parquet.tmp-12-34",
+        "_lease.takeover-dead.json", "._lease.json.tmp-1-2",
+    ]  # fmt: skip
+    others = ["README.md", "collection=docs/part.parquet", "_rejected/notes.txt"]
+    for relpath in jobs_files + others + ["_lease.json"]:
+        output.write_bytes(relpath, b"x")
+    assert output.foreign_files() == sorted(others)
+    assert sorted(output.clear()) == sorted(jobs_files)
+    assert set(output.files()) == {*others, "_lease.json"}

@@ -81,10 +81,14 @@ def test_a_leased_output_is_refused_naming_the_holder_and_nothing_is_written(tin
     import os
     import socket
 
+    from jobs.pipeline.lease import process_start, this_machine
+
     out = tmp_path / "out"
     out.mkdir()
     now = dt.datetime.now(dt.UTC).isoformat()
+    # A live run on this machine (this test's own process): refused at once.
     holder = {"run_id": "the-other-run", "host": socket.gethostname(), "pid": os.getpid(),
+              "process_start": process_start(os.getpid()), **this_machine(),
               "started_at": now, "heartbeat_at": now}  # fmt: skip
     (out / "_lease.json").write_text(json.dumps(holder))
     message = refused([str(tiny_corpus), str(out), "all-miniLM-l6"])
@@ -92,3 +96,47 @@ def test_a_leased_output_is_refused_naming_the_holder_and_nothing_is_written(tin
     assert "last heartbeat" in message
     assert [p.name for p in out.iterdir()] == ["_lease.json"]
     assert json.loads((out / "_lease.json").read_text()) == holder
+
+
+def test_output_equal_to_inside_or_containing_input_is_refused_before_anything_is_touched(
+    tiny_corpus, tmp_path
+):
+    """`python -m jobs.embed corpus corpus MODEL --overwrite` must never delete the corpus."""
+    from jobs.pipeline.job import main
+
+    before = {p: p.read_bytes() for p in tiny_corpus.rglob("*") if p.is_file()}
+    cases = [
+        (str(tiny_corpus), "is INPUT"),
+        (str(tiny_corpus / "vectors"), "lies inside INPUT"),
+        (str(tiny_corpus / "docs" / ".." / "out"), "lies inside INPUT"),
+    ]
+    for output, where in cases:
+        for extra in ([], ["--overwrite"]):
+            assert main([str(tiny_corpus), output, "all-miniLM-l6", *extra]) == 2
+    outer = tmp_path / "outer"
+    (outer / "corpus" / "docs").mkdir(parents=True)
+    (outer / "corpus" / "docs" / "a.jsonl").write_text('{"id": "1", "text": "hello"}\n')
+    assert main([str(outer / "corpus"), str(outer), "all-miniLM-l6", "--overwrite"]) == 2
+    assert (outer / "corpus" / "docs" / "a.jsonl").exists()
+    assert {p: p.read_bytes() for p in tiny_corpus.rglob("*") if p.is_file()} == before
+
+
+def test_the_refusal_names_how_output_and_input_overlap(tiny_corpus, tmp_path):
+    message = refused([str(tiny_corpus), str(tiny_corpus / "out"), "all-miniLM-l6", "--overwrite"])
+    assert f"OUTPUT '{tiny_corpus / 'out'}' lies inside INPUT '{tiny_corpus}'" in message
+    message = refused([str(tmp_path / "in" / "docs"), str(tmp_path), "all-miniLM-l6"])
+    assert f"contains INPUT '{tmp_path / 'in' / 'docs'}'" in message
+
+
+def test_overwrite_never_removes_files_the_job_did_not_write(tiny_corpus, tmp_path):
+    out = tmp_path / "out"
+    (out / "collection=docs").mkdir(parents=True)
+    (out / "_fingerprint.json").write_text("{}")
+    (out / "collection=docs" / "part-0123456789abcdef-000000000.parquet").write_bytes(b"job's")
+    (out / "notes.txt").write_text("the user's own")
+    (out / "collection=docs" / "part.parquet").write_bytes(b"someone else's")
+    message = refused([str(tiny_corpus), str(out), "all-miniLM-l6", "--overwrite"])
+    assert "holds 2 file(s) this job did not write" in message
+    assert "collection=docs/part.parquet, notes.txt" in message
+    assert (out / "notes.txt").read_text() == "the user's own"
+    assert (out / "collection=docs" / "part-0123456789abcdef-000000000.parquet").exists()

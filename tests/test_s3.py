@@ -205,4 +205,25 @@ def test_the_lease_on_s3_is_created_only_if_absent(s3):
     with Lease.take(output, timeout=300) as lease:
         with pytest.raises(LeaseHeld, match=lease.record["run_id"]):
             Lease.take(OutputFolder("s3://vectors/leased", options), timeout=300)
+        lease.renew()  # a conditional PUT on the ETag it last wrote
+        assert output.read_json(LEASE)["beats"] == 1
     assert not output.exists(LEASE)
+
+
+def test_a_lease_replaced_on_s3_is_never_written_back(s3):
+    """Renewal is If-Match on the ETag the run last wrote: after another run replaced the
+    lease, the renewal fails (and the run knows it lost OUTPUT) instead of overwriting it."""
+    from jobs.pipeline.folders import LEASE, OutputFolder
+    from jobs.pipeline.lease import Lease, LeaseLost
+
+    options = {"key": KEY_ID, "secret": SECRET, "client_kwargs": {"endpoint_url": s3["endpoint"]}}
+    output = OutputFolder("s3://vectors/taken", options)
+    lease = Lease.take(output, timeout=300)
+    taker = {"run_id": "the-taker"}
+    output.write_json(LEASE, taker)
+    lease.renew()
+    assert output.read_json(LEASE) == taker
+    with pytest.raises(LeaseLost, match="now held by run the-taker"):
+        lease.check()
+    lease.release()
+    assert output.read_json(LEASE) == taker

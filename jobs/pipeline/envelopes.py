@@ -9,6 +9,11 @@ keeps per-block counts, never per-row state.
 An input file's last envelope (its closing envelope) carries no block, only the file's
 rejections (count, kinds, the rejection list written to OUTPUT), where its content could not be
 decoded, or the storage error that stopped its reading.
+
+A commit that a worker could not make (the lease lost, a write that failed) travels back the
+same way, as data (`failure`, `failed`), not as an exception: Ray would wrap that in its own
+and lose the original type, and print tracebacks of its own for a failure that takes one line
+to say.
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ SCHEMA = pa.schema(
         ("cut_at", pa.int64()),  # content undecodable from this row on; -1: read to the end
         ("cut_reason", pa.string()),
         ("unread", pa.string()),  # a storage failure stopped the reading: the error
+        # A commit that could not happen (STAGE_FAILURES: the lease lost, a write that
+        # failed): its kind and message. The driver stops the run on the first one.
+        ("failure", pa.string()),
+        ("failed", pa.string()),
     ]
 )
 DEFAULTS: dict[str, Any] = {
@@ -60,6 +69,8 @@ DEFAULTS: dict[str, Any] = {
     "cut_at": -1,
     "cut_reason": "",
     "unread": "",
+    "failure": "",
+    "failed": "",
 }
 
 

@@ -10,16 +10,21 @@ OUTPUT's layout:
                                             the rotation (jobs.pipeline.calibration)
     _rotation.npy                           the rotation matrix, with --rotate pca
     _lease.json                             the run that holds OUTPUT now (jobs.pipeline.lease)
-    _lease.takeover-<run id>.json           while a run that took over a stale lease lives
+    _lease.json.lock                        while a run changes the lease on local disk
     _manifest.json                          the last finished run (jobs.pipeline.manifest)
     _rejected/<path hash>-<stem>.jsonl      rejections, one list per input file that has any
     collection=<c>/part-<block id>.parquet  one file per block and collection
+
+Nothing else is the job's: `--overwrite` removes these files and refuses to start where OUTPUT
+holds any other (`foreign_files`). A failed write anywhere in OUTPUT is an OutputWriteError
+naming the file and the cause.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import json
 import os
@@ -41,7 +46,10 @@ FINGERPRINT = "_fingerprint.json"
 CALIBRATION = "_calibration.json"
 ROTATION = "_rotation.npy"
 LEASE = "_lease.json"
-LEASE_TAKEOVER = "_lease.takeover-"  # + the stale run's id: who replaces a stale lease
+LEASE_LOCK = "_lease.json.lock"
+# Markers of an earlier version's takeovers: removed by the next run that holds the lease.
+LEGACY_TAKEOVER = "_lease.takeover-"
+RUN_RECORDS = (MANIFEST, FINGERPRINT, CALIBRATION, ROTATION)
 REJECTED = "_rejected"
 COLLECTION_PREFIX = "collection="
 # Local files are written under this dot-name first: readers that glob *.parquet skip it.
@@ -56,6 +64,21 @@ S3_DEFAULTS: dict[str, Any] = {
 
 class InputError(ValueError):
     """INPUT cannot be used at all (missing, not a folder, no corpus files)."""
+
+
+class OutputError(ValueError):
+    """OUTPUT cannot be used: it overlaps INPUT, or --overwrite would remove files the job
+    did not write."""
+
+
+class OutputWriteError(RuntimeError):
+    """Writing or removing a file in OUTPUT failed (a full disk, permissions, the storage):
+    the run stops and says so in one line; a rerun resumes. Not an OSError, so that no error
+    handling for input files can take it for something else."""
+
+    @classmethod
+    def of(cls, url: str, cause: BaseException) -> OutputWriteError:
+        return cls(f"could not write {url}: {type(cause).__name__}: {cause}")
 
 
 class StorageReadError(Exception):
@@ -181,6 +204,16 @@ class Folder:
     def relative(self, path: str) -> str:
         return path[len(self.root) :].lstrip("/")
 
+    @property
+    def location(self) -> tuple[str, str]:
+        """(storage, path) that names this folder whatever the spelling: local paths with
+        links resolved, others as the filesystem's own path (bucket/key)."""
+        fs, root = self._filesystem()
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        if self.is_local:
+            return "file", os.path.realpath(root)
+        return protocol, root.rstrip("/")
+
     def exists(self, relpath: str = "") -> bool:
         return self.fs.exists(self.path(relpath))
 
@@ -201,7 +234,39 @@ class Folder:
 
 
 def is_lease_file(relpath: str) -> bool:
-    return relpath == LEASE or relpath.startswith(LEASE_TAKEOVER)
+    """The lease, its lock, the temp files its writes go through, an old takeover marker."""
+    name = relpath.rsplit("/", 1)[-1]
+    return "/" not in relpath and (
+        name in (LEASE, LEASE_LOCK)
+        or name.startswith((f"{LEASE}{TEMP_MARK}", f".{LEASE}{TEMP_MARK}", LEGACY_TAKEOVER))
+    )
+
+
+def check_apart(input_folder: Folder, output: Folder) -> None:
+    """OutputError when OUTPUT is INPUT, lies inside it or contains it: the job would read its
+    own output as input, and --overwrite would delete the corpus."""
+    (input_storage, input_path), (output_storage, output_path) = (
+        input_folder.location,
+        output.location,
+    )
+    if input_storage != output_storage:
+        return
+
+    def inside(path: str, folder: str) -> bool:
+        return path.startswith(folder.rstrip("/") + "/") or folder in ("", "/")
+
+    if output_path == input_path:
+        where = "is INPUT"
+    elif inside(output_path, input_path):
+        where = f"lies inside INPUT {input_folder.uri!r}"
+    elif inside(input_path, output_path):
+        where = f"contains INPUT {input_folder.uri!r}"
+    else:
+        return
+    raise OutputError(
+        f"OUTPUT {output.uri!r} {where}: the job would read its own output as input (and "
+        "--overwrite would delete the corpus). Choose an OUTPUT outside INPUT."
+    )
 
 
 def merged(defaults: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
@@ -282,53 +347,154 @@ class OutputFolder(Folder):
 
     # -- whole files, written atomically --------------------------------------------------
 
+    @contextlib.contextmanager
+    def _writing(self, relpath: str) -> Iterator[None]:
+        """A storage failure while changing `relpath` as an OutputWriteError that names it."""
+        try:
+            yield
+        except storage_errors() as err:
+            raise OutputWriteError.of(self.url(relpath), err) from err
+
     def write_bytes(self, relpath: str, data: bytes) -> None:
         """Readers see the old file or the whole new one, never half of it.
 
-        Local files go through a dot-named temp file, fsync and rename; an object store PUT is
-        already all-or-nothing.
+        Local files go through a dot-named temp file, fsync and rename (the temp file is
+        removed if the write fails); an object store PUT is already all-or-nothing.
         """
         path = self.path(relpath)
-        if not self.is_local:
-            self.fs.pipe_file(path, data)
-            return
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        temp = os.path.join(
-            os.path.dirname(path), f".{os.path.basename(path)}{TEMP_MARK}{os.getpid()}"
-        )
-        with open(temp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
+        with self._writing(relpath):
+            if not self.is_local:
+                self.fs.pipe_file(path, data)
+                return
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            temp = os.path.join(
+                os.path.dirname(path),
+                f".{os.path.basename(path)}{TEMP_MARK}{os.getpid()}-{threading.get_ident()}",
+            )
+            try:
+                with open(temp, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(temp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                raise
 
     def write_json(self, relpath: str, payload: Any) -> None:
-        text = json.dumps(payload, indent=2, default=str) + "\n"
-        self.write_bytes(relpath, text.encode("utf-8"))
+        self.write_bytes(relpath, json_bytes(payload))
 
     def create_json(self, relpath: str, payload: Any) -> bool:
-        """Write the file only if it is not there yet, atomically where the storage allows:
-        a hard link of a complete temp file on local disk, a conditional PUT (If-None-Match)
-        on S3. False when the file was already there."""
-        data = (json.dumps(payload, indent=2) + "\n").encode("utf-8")
+        """Write the file only if it is not there yet (see swap_json); False when it was."""
+        return self.swap_json(relpath, payload, expected=None) is not None
+
+    # -- small records changed by compare-and-swap (the lease) ------------------------------
+
+    @property
+    def is_s3(self) -> bool:
+        fs, _ = self._filesystem()
+        protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+        return "s3" in protocols
+
+    def read_versioned(self, relpath: str) -> tuple[Any | None, str | None]:
+        """The parsed file and its version, or (None, None) when it is not there. The version
+        is what swap_json must be given to replace exactly this content: its ETag on S3, a
+        hash of its bytes elsewhere."""
         path = self.path(relpath)
-        if not self.is_local:
-            try:
-                self.fs.pipe_file(path, data, mode="create")
-            except FileExistsError:
-                return False
-            return True
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        temp = f"{path}{TEMP_MARK}{os.getpid()}-{threading.get_ident()}"
-        with open(temp, "wb") as handle:
-            handle.write(data)
+        fs = self.fs
         try:
-            os.link(temp, path)  # fails if `path` exists: the create is the link
-        except FileExistsError:
-            return False
+            if self.is_s3:
+                # ETag first: if the object changes before the GET, a swap on this older ETag
+                # fails, so the content read can never be replaced on the strength of it.
+                version = fs.info(path)["ETag"].strip('"')
+                data = fs.cat_file(path)
+            else:
+                data = fs.cat_file(path)
+                version = hashlib.sha1(data).hexdigest()
+        except FileNotFoundError:
+            return None, None
+        return json.loads(data), version
+
+    def swap_json(self, relpath: str, payload: Any, expected: str | None) -> str | None:
+        """Write `payload` only if the file's version is still `expected` (None: only if the
+        file is absent); returns the new version, or None when the file had changed.
+
+        Atomic where the storage allows: on local disk under an exclusive lock of
+        `<relpath>.lock` (flock: processes on one machine, and on NFS), on S3 a conditional
+        PUT (If-Match on the ETag, If-None-Match: *). On other storage it reads, compares and
+        writes: a race there can let two writers through.
+        """
+        data = json_bytes(payload)
+        with self._writing(relpath):
+            if self.is_s3:
+                return self._s3_conditional("put_object", relpath, expected, Body=data)
+            with self._locked(relpath):
+                if self.read_versioned(relpath)[1] != expected:
+                    return None
+                self.write_bytes(relpath, data)
+            return hashlib.sha1(data).hexdigest()
+
+    def remove_versioned(self, relpath: str, expected: str) -> bool:
+        """Remove the file only if its version is still `expected`; whether it was removed."""
+        with self._writing(relpath):
+            if self.is_s3:
+                return self._s3_conditional("delete_object", relpath, expected) is not None
+            with self._locked(relpath):
+                if self.read_versioned(relpath)[1] != expected:
+                    return False
+                self.fs.rm(self.path(relpath))
+            return True
+
+    def _s3_conditional(self, method: str, relpath: str, expected: str | None, **kwargs):
+        """An S3 request made only if the object's ETag is `expected` (None: if it is absent):
+        the new ETag (or "" for a delete), or None when the condition failed."""
+        bucket, key, _ = self.fs.split_path(self.path(relpath))
+        condition = {"IfMatch": f'"{expected}"'} if expected else {"IfNoneMatch": "*"}
+        try:
+            answer = self.fs.call_s3(method, Bucket=bucket, Key=key, **condition, **kwargs)
+        except (FileNotFoundError, FileExistsError):  # s3fs's words for 404 and 412
+            return None
+        except OSError as err:
+            if failed_condition(err):
+                return None
+            raise
         finally:
-            os.unlink(temp)
-        return True
+            self.fs.invalidate_cache(self.path(relpath))
+        return answer.get("ETag", "").strip('"')
+
+    @contextlib.contextmanager
+    def _locked(self, relpath: str) -> Iterator[None]:
+        """An exclusive lock of `<relpath>.lock` for the local filesystem (NFS included). The
+        lock file is removed when the holder is done, so OUTPUT keeps no lock file; a run that
+        opened it just before then sees another inode under the name and tries again."""
+        if not self.is_local:
+            yield
+            return
+        import fcntl
+
+        lock = self.path(relpath) + ".lock"
+        os.makedirs(os.path.dirname(lock), exist_ok=True)
+        while True:
+            descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            try:
+                if os.stat(lock).st_ino == os.fstat(descriptor).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(descriptor)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock)
+            os.close(descriptor)
+
+    def lease_leftovers(self) -> list[str]:
+        """Files that runs killed while they changed the lease left behind (temp files, an old
+        version's takeover markers): for the lease's new holder to remove."""
+        return sorted(r for r in self.files() if is_lease_file(r) and r not in (LEASE, LEASE_LOCK))
 
     def read_json(self, relpath: str) -> Any | None:
         """The parsed file, or None when it is not there."""
@@ -350,8 +516,9 @@ class OutputFolder(Folder):
         """Delete one file if it is there."""
         path = self.path(relpath)
         fs = self.fs
-        if fs.exists(path):
-            fs.rm(path)
+        with self._writing(relpath):
+            if fs.exists(path):
+                fs.rm(path)
 
     def row_count(self, relpath: str) -> int | None:
         """The rows of a Parquet file, from its footer; None when it cannot be read."""
@@ -368,14 +535,34 @@ class OutputFolder(Folder):
         """Whether OUTPUT holds anything but the lease of the run that holds it."""
         return not all(is_lease_file(relpath) for relpath in self.files())
 
-    def clear(self) -> None:
-        """Remove everything in OUTPUT but the lease of the run that holds it."""
+    def is_written_by_the_job(self, relpath: str) -> bool:
+        """A file this job writes: a block file, a rejection list, a run record, a lease file,
+        or a temp file of one of them."""
+        return relpath in RUN_RECORDS or is_lease_file(relpath) or self.is_job_file(relpath)
+
+    def foreign_files(self, listing: dict[str, int] | None = None) -> list[str]:
+        """Files in OUTPUT that this job did not write."""
+        listing = self.files() if listing is None else listing
+        return sorted(r for r in listing if not self.is_written_by_the_job(r))
+
+    def clear(self) -> list[str]:
+        """Remove every file this job wrote (but the lease of the run that holds it) and the
+        folders left empty; returns what was removed. Other files are not touched: a run that
+        would clear OUTPUT refuses to start where there are any (jobs.pipeline.job)."""
+        removed = [
+            relpath
+            for relpath in sorted(self.files())
+            if self.is_written_by_the_job(relpath) and relpath != LEASE
+        ]
         fs = self.fs
-        if not fs.exists(self.root):
-            return
-        for entry in fs.ls(self.root, detail=False):
-            if not is_lease_file(self.relative(entry)):
-                fs.rm(entry, recursive=True)
+        for relpath in removed:
+            with self._writing(relpath):
+                fs.rm(self.path(relpath))
+        if self.is_local:
+            for folder in {r.split("/", 1)[0] for r in removed if "/" in r}:
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.path(folder))  # only if nothing else is in it
+        return removed
 
     # -- block files -----------------------------------------------------------------------
 
@@ -441,14 +628,32 @@ class OutputFolder(Folder):
         ]
         fs = self.fs
         for relpath in stale:
-            fs.rm(self.path(relpath))
+            with self._writing(relpath):
+                fs.rm(self.path(relpath))
         return stale
 
     def is_job_file(self, relpath: str) -> bool:
-        """A file that this job writes per block or per input file (not the run's records)."""
+        """A file that this job writes per block or per input file, or a temp file of a write
+        (not the run's records, nor the lease's files, which the lease's holder looks after)."""
         name = relpath.rsplit("/", 1)[-1]
+        if is_lease_file(relpath):
+            return False
         if name.startswith(".") and TEMP_MARK in name:
             return True
         if relpath.startswith(f"{REJECTED}/"):
             return name.endswith(".jsonl")
         return self.parse_block_file(relpath) is not None
+
+
+def json_bytes(payload: Any) -> bytes:
+    return (json.dumps(payload, indent=2, default=str) + "\n").encode("utf-8")
+
+
+def failed_condition(err: BaseException) -> bool:
+    """Whether an S3 error is a condition that did not hold (412 PreconditionFailed, 409
+    ConditionalRequestConflict when another conditional write was in flight, 404): s3fs turns
+    these into plain OSErrors, with botocore's error as the cause."""
+    cause = err.__cause__
+    response = getattr(cause, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    return code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412", "409")

@@ -2,22 +2,37 @@
 
 `main` is `python -m jobs.embed`. Exit codes: 0 every row written or rejected with a reason;
 2 refused before any work (bad settings, unknown model, truncation policy, unusable
-INPUT/OUTPUT); 3 more rows rejected than --max-rejected-fraction allows; 1 the run failed.
+INPUT/OUTPUT, OUTPUT held by another run); 3 more rows rejected than --max-rejected-fraction
+allows; 1 the run failed (an input file unread, a write to OUTPUT failed, OUTPUT's lease lost);
+130 and 143 stopped by SIGINT or SIGTERM. Every stop keeps the blocks committed so far, and a
+rerun resumes.
 """
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import datetime as dt
 import logging
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from embedder import ReplicaSpec
 from embedder.outputs import output_columns
 from jobs.pipeline import calibration, commit, dry_run, duplicates, manifest, summary
-from jobs.pipeline.folders import MANIFEST, InputError, InputFolder, OutputFolder
-from jobs.pipeline.lease import Lease, LeaseHeld, check_free
+from jobs.pipeline.folders import (
+    MANIFEST,
+    InputError,
+    InputFolder,
+    OutputError,
+    OutputFolder,
+    OutputWriteError,
+    check_apart,
+)
+from jobs.pipeline.lease import Lease, LeaseHeld, LeaseLost
 from jobs.pipeline.placement import Node, Placement, PlacementError, place_replicas
 from jobs.pipeline.reading import Columns
 from jobs.pipeline.settings import EmbedSettings, SettingsError, describe_config, load_settings
@@ -36,10 +51,20 @@ from registry import (
 log = logging.getLogger("embed")
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_TOO_MANY_REJECTED = 0, 1, 2, 3
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # exit 128 + the signal: 130, 143
 
 
 class LocalPathOnCluster(ValueError):
     """A local INPUT/OUTPUT path on a cluster of several nodes, not declared shared."""
+
+
+class RunStopped(BaseException):
+    """SIGINT or SIGTERM arrived: the run stops where it is. A BaseException, like
+    KeyboardInterrupt, so that no `except Exception` on the way can swallow it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 REFUSALS = (
@@ -47,11 +72,14 @@ REFUSALS = (
     RegistryError,
     PolicyError,
     InputError,
+    OutputError,
     commit.FingerprintMismatch,
     PlacementError,
     LocalPathOnCluster,
     LeaseHeld,
 )
+# Failures that end a run with one line, not a traceback: what happened is all there is to say.
+FAILURES = (LeaseLost, OutputWriteError)
 
 
 @dataclass(frozen=True)
@@ -115,13 +143,28 @@ def prepare_job(settings: EmbedSettings) -> Job:
         log.warning("%s", warning)
     input_folder = InputFolder(settings.input, settings.storage_options)
     output = OutputFolder(settings.output, settings.storage_options)
+    check_apart(input_folder, output)
     input_files = input_folder.list_files()
     job = Job(settings, model_spec, truncations, input_folder, output, input_files)
-    if not settings.overwrite:  # an OUTPUT that --overwrite clears cannot refuse the run
+    if settings.overwrite:
+        check_only_job_files(output)
+    else:  # an OUTPUT that --overwrite clears cannot refuse the run
         commit.claim_output(output, job.fingerprint, write=False)
-    if not settings.dry_run:
-        check_free(output, settings.lease_timeout)
     return job
+
+
+def check_only_job_files(output: OutputFolder) -> None:
+    """--overwrite removes only what this job wrote: refused (before anything is touched)
+    where OUTPUT holds anything else."""
+    foreign = output.foreign_files()
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        shown = ", ".join(foreign[:5]) + more
+        raise OutputError(
+            f"OUTPUT {output.uri!r} holds {len(foreign)} file(s) this job did not write "
+            f"({shown}): --overwrite removes only the job's own files, and would leave these "
+            "mixed with a new run's. Move them away, or choose another OUTPUT."
+        )
 
 
 def output_dims(model_spec: ModelSpec, settings: EmbedSettings) -> list[int]:
@@ -149,11 +192,30 @@ def prepare_output(job: Job) -> None:
     """Clear OUTPUT if asked, then claim it for this fingerprint. Called with OUTPUT's lease
     held."""
     settings, output = job.settings, job.output
-    if settings.overwrite and output.has_files():
-        log.warning("--overwrite: clearing %s", output.uri)
-        output.clear()
+    if settings.overwrite:
+        check_only_job_files(output)  # again: the lease now keeps other runs out
+        removed = output.clear()
+        if removed:
+            log.warning(
+                "--overwrite: removed %d file(s) this job had written to %s: %s",
+                len(removed),
+                output.uri,
+                describe_removed(removed),
+            )
     if commit.claim_output(output, job.fingerprint) is not None:
         log.info("OUTPUT holds a run with the same settings: resuming, finished blocks are kept")
+
+
+def describe_removed(relpaths: list[str]) -> str:
+    """What --overwrite removed, by kind."""
+    blocks = sum(OutputFolder.parse_block_file(r) is not None for r in relpaths)
+    rejections = sum(r.startswith("_rejected/") for r in relpaths)
+    records = [r for r in relpaths if "/" not in r]
+    kinds = [f"{blocks} block file(s)", f"{rejections} rejection list(s)"]
+    others = len(relpaths) - blocks - rejections - len(records)
+    if others:
+        kinds.append(f"{others} temp file(s)")
+    return ", ".join(kinds + records)
 
 
 def replica_spec_for(job: Job, placement: Placement) -> ReplicaSpec:
@@ -207,22 +269,58 @@ def cluster_resources() -> tuple[float, float, str]:
 
 
 def run_job(job: Job) -> tuple[dict, int]:
-    """Start (or join) Ray, check the cluster can host the run, hold OUTPUT's lease (LeaseHeld
-    if another run does), claim OUTPUT, run the pipeline and write the manifest; returns it
-    with the exit code."""
+    """Hold OUTPUT's lease (LeaseHeld if another run does), start (or join) Ray, check the
+    cluster can host the run, claim OUTPUT, run the pipeline and write the manifest; returns
+    it with the exit code.
+
+    Stops with RunStopped on SIGINT or SIGTERM, with LeaseLost as soon as the lease is lost
+    (the heartbeat interrupts the main thread; a worker reports it in an envelope), with
+    OutputWriteError when a write to OUTPUT fails, here or in a worker. Ray is shut down
+    first, then the lease released.
+    """
     import ray
 
     started_at = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
-    started_here = start_ray()
-    try:
-        placement = plan_cluster(job)
-        with Lease.take(job.output, job.settings.lease_timeout):
+    with (
+        stop_on_signals(),
+        Lease.take(job.output, job.settings.lease_timeout, on_lost=_thread.interrupt_main) as lease,
+    ):
+        started_here = start_ray()
+        catch_stop_signals()  # ray.init sets a SIGTERM handler of its own: ours again
+        try:
+            placement = plan_cluster(job)
             prepare_output(job)
-            return run_on_ray(job, placement, started_at, t0)
+            return run_on_ray(job, placement, lease, started_at, t0)
+        except RunStopped:
+            if lease.lost is not None:  # the heartbeat's interrupt, not a signal
+                raise lease.lost from None
+            raise
+        finally:
+            if started_here:
+                ray.shutdown()
+
+
+def catch_stop_signals() -> dict[int, object]:
+    """From now on SIGINT and SIGTERM raise RunStopped in the main thread; returns the
+    handlers they had."""
+
+    def stop(signum, frame):
+        raise RunStopped(signum)
+
+    return {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise RunStopped while the run lives; the handlers they had before
+    come back after."""
+    previous = catch_stop_signals()
+    try:
+        yield
     finally:
-        if started_here:
-            ray.shutdown()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def plan_cluster(job: Job) -> Placement:
@@ -282,8 +380,12 @@ def check_shared_storage(job: Job, nodes: list[Node]) -> None:
         )
 
 
-def run_on_ray(job: Job, placement: Placement, started_at, t0: float) -> tuple[dict, int]:
-    """Duplicate scan, calibration, the pipeline, the stale sweep and the manifest."""
+def run_on_ray(
+    job: Job, placement: Placement, lease: Lease, started_at, t0: float
+) -> tuple[dict, int]:
+    """Duplicate scan, calibration, the pipeline, the stale sweep and the manifest. Whatever
+    the driver writes to OUTPUT is preceded by a check that this run still holds the lease;
+    the workers check before each commit (StageSpec.run_id)."""
     settings = job.settings
     t_ray = time.perf_counter()
     scan = duplicates.find_corpus_duplicates(
@@ -291,10 +393,11 @@ def run_on_ray(job: Job, placement: Placement, started_at, t0: float) -> tuple[d
     )
     readable = [f for f in job.input_files if f.relpath not in scan.unread]
     replica_spec = replica_spec_for(job, placement)
+    lease.check()
     calibrated = calibrate(job, readable, replica_spec, placement)
     committed = job.output.committed_files()
     t_scan = time.perf_counter()
-    stage_spec = stage_spec_for(job, calibrated)
+    stage_spec = stage_spec_for(job, calibrated, lease.run_id)
     items = work_items(readable, committed, scan.excluded)
     tally, replicas = run_pipeline(items, stage_spec, replica_spec, placement)
     t_done = time.perf_counter()
@@ -303,6 +406,7 @@ def run_on_ray(job: Job, placement: Placement, started_at, t0: float) -> tuple[d
             untouched = committed.get(input_file.path_hash, [])
             error = scan.unread[input_file.relpath]
             tally.add(unread_envelope(input_file, error, untouched, job.output))
+    lease.check()
     listing = job.output.files()  # one listing for the sweep and the sizes
     for relpath in job.output.remove_stale(tally.current_files(), listing):
         log.info("removed from OUTPUT, no longer part of the input: %s", relpath)
@@ -325,12 +429,14 @@ def run_on_ray(job: Job, placement: Placement, started_at, t0: float) -> tuple[d
         },
         started_at=started_at,
     )
+    lease.check()
     manifest.write_manifest(job.output, record)
     return record, exit_code_for(record, settings.max_rejected_fraction)
 
 
-def stage_spec_for(job: Job, calibrated: dict | None) -> StageSpec:
-    """What every stage needs to know of this run."""
+def stage_spec_for(job: Job, calibrated: dict | None, run_id: str = "") -> StageSpec:
+    """What every stage needs to know of this run (`run_id`: the lease's, checked before each
+    commit)."""
     settings = job.settings
     return StageSpec(
         input=job.input,
@@ -343,6 +449,7 @@ def stage_spec_for(job: Job, calibrated: dict | None) -> StageSpec:
         precision=settings.precision,
         ranges=(calibrated or {}).get("ranges"),
         rotation=calibration.load_rotation(job.output, calibrated),
+        run_id=run_id,
     )
 
 
@@ -421,6 +528,24 @@ def report_too_many_rows_rejected(record: dict, max_rejected_fraction: float) ->
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        with stop_on_signals():
+            return run_command(argv)
+    except RunStopped as stop:
+        print(
+            f"interrupted ({signal.Signals(stop.signum).name}): finished blocks are kept; "
+            "rerun to resume",
+            file=sys.stderr,
+        )
+        return 128 + stop.signum
+    except FAILURES as err:
+        log.debug("the run failed", exc_info=True)
+        print(f"error: {err}. Finished blocks are kept; rerun to resume.", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def run_command(argv: list[str] | None) -> int:
+    """The command line's work: a refusal (exit 2), --print-config, --dry-run or a run."""
     try:
         resolved = load_settings(argv)
         if resolved.settings.print_config:

@@ -33,7 +33,14 @@ from jobs.pipeline.blocks import (
 )
 from jobs.pipeline.duplicates import excluded_rows
 from jobs.pipeline.envelopes import envelope, pack, to_table, unpack
-from jobs.pipeline.folders import CommittedFile, InputFolder, OutputFolder, StorageReadError
+from jobs.pipeline.folders import (
+    CommittedFile,
+    InputFolder,
+    OutputFolder,
+    OutputWriteError,
+    StorageReadError,
+)
+from jobs.pipeline.lease import LeaseLost, check_holder
 from jobs.pipeline.manifest import Tally
 from jobs.pipeline.placement import Placement
 from jobs.pipeline.reading import ROW, ROW_KEY, Columns
@@ -57,6 +64,14 @@ class StageSpec:
     precision: str = "float32"
     ranges: dict[str, Any] | None = None  # int8/uint8 calibration, per dim
     rotation: np.ndarray | None = None  # --rotate pca: native x native, orthogonal
+    # The run that holds OUTPUT's lease: each commit first checks that it still does ("": no
+    # check, for callers that hold no lease).
+    run_id: str = ""
+
+    def check_lease(self) -> None:
+        """LeaseLost unless this run still holds OUTPUT: called before every commit."""
+        if self.run_id:
+            check_holder(self.output, self.run_id)
 
     @property
     def reuse_column(self) -> str:
@@ -107,7 +122,11 @@ def read_stage(batch: pa.Table, stage_spec: StageSpec) -> Iterator[pa.Table]:
             untouched = [c for c in committed if c.block_id not in handed_on]
             yield to_table([unread_envelope(input_file, str(err), untouched, stage_spec.output)])
             continue
-        yield to_table([closing_envelope(input_file, rejections, cut, stage_spec)])
+        try:
+            closing = closing_envelope(input_file, rejections, cut, stage_spec)
+        except tuple(STAGE_FAILURES.values()) as failure:
+            closing = failure_envelope(envelope(file=input_file.relpath), failure)
+        yield to_table([closing])
 
 
 def parse_work_item(item: str) -> tuple[InputFile, list[CommittedFile], dict[int, str]]:
@@ -150,6 +169,7 @@ def closing_envelope(
     if not rejections:
         return envelope(file=input_file.relpath)
     records = [r.as_record() for r in rejections]
+    stage_spec.check_lease()
     relpath = stage_spec.output.write_rejections(input_file, records)
     return envelope(
         file=input_file.relpath,
@@ -276,12 +296,35 @@ def reuse_index(table: pa.Table, dim: int) -> dict[str, np.ndarray]:
     return dict(zip(table.column("key").to_pylist(), matrix))
 
 
+# What stops a commit, by the name it travels under in an envelope.
+STAGE_FAILURES: dict[str, type[Exception]] = {"lease": LeaseLost, "write": OutputWriteError}
+
+
+def failure_envelope(item: dict[str, Any], failure: Exception) -> dict[str, Any]:
+    """The envelope of a commit that could not happen: the driver stops the run on it."""
+    kind = next(k for k, kind in STAGE_FAILURES.items() if isinstance(failure, kind))
+    return item | {"block": b"", "reuse": b"", "failure": kind, "failed": str(failure)}
+
+
+def raise_failures(results: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The envelopes, until one reports a commit that could not happen: then its failure."""
+    for result in results:
+        if result["failed"]:
+            raise STAGE_FAILURES[result["failure"]](result["failed"])
+        yield result
+
+
 def write_stage(batch: pa.Table, stage_spec: StageSpec) -> pa.Table:
     """Ray map_batches function: commit each embedded block, one Parquet file per collection."""
     items = []
     for item in batch.to_pylist():
         if item["block"]:
-            item = item | {"files": write_block(item, stage_spec), "written": True, "block": b""}
+            try:
+                files = write_block(item, stage_spec)
+            except tuple(STAGE_FAILURES.values()) as failure:
+                item = failure_envelope(item, failure)
+            else:
+                item = item | {"files": files, "written": True, "block": b""}
         items.append(item)
     return to_table(items)
 
@@ -292,6 +335,7 @@ def write_block(item: dict[str, Any], stage_spec: StageSpec) -> list[dict[str, A
     block = unpack(item["block"])
     block_id = BlockId.parse(item["block_id"])
     groups = rows_per_collection(block)
+    stage_spec.check_lease()
     written = []
     for collection, positions in groups.items():
         part = block.take(pa.array(positions))
@@ -367,7 +411,7 @@ def run_pipeline(
         write_stage, batch_size=1, batch_format="pyarrow", fn_kwargs={"stage_spec": io_spec}
     )
     # Streamed into the tally: the driver keeps figures per block, not the envelopes.
-    tally = Tally.of(dataset.iter_rows())
+    tally = Tally.of(raise_failures(dataset.iter_rows()))
     replicas = ray.get(stats.summary.remote())
     ray.kill(stats)
     # A replica whose node died is lost: its figures end at its last report, and the blocks it
