@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks.throughput import machine
 
 WORDS = (
     "index vector chunk query search model token batch replica block commit parquet storage "
@@ -122,14 +122,6 @@ def run_phase(name: str, workdir: Path) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.read_memory", description=__doc__)
     parser.add_argument("--size-mb", type=int, default=1024, help="size of the JSONL file")
@@ -146,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     path = write_corpus(args.workdir, args.size_mb)
     size_mib = path.stat().st_size / 2**20
-    print(f"{cpu_name()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(machine())
     print(f"file: {path} ({size_mib:.0f} MiB)")
     for name in ("imports", "read", "scan"):
         figures = run_phase(name, args.workdir)

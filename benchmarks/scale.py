@@ -199,9 +199,12 @@ def phase_fill(workdir: Path) -> dict:
     import ray
 
     from jobs.pipeline import commit, duplicates
-    from jobs.pipeline.job import stage_spec_for
+    from jobs.pipeline.job import replica_spec_for, resolve, stage_spec_for, with_resolved
+    from jobs.pipeline.placement import Node, place_replicas
 
     job = prepared_job(workdir)
+    # The fingerprint a run on this machine resolves (its precision, the weights' digest).
+    job = with_resolved(job, resolve(replica_spec_for(job, place_replicas([Node(2)])), False))
     commit.claim_output(job.output, job.fingerprint)
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     scan = duplicates.find_corpus_duplicates(

@@ -25,8 +25,8 @@ from embedder.batching import (
 )
 from embedder.device import choose_dtype, resolve_device, torch_dtype
 from embedder.memory import peak_rss_bytes
-from embedder.source import resolve_source
 from embedder.vectors import bad_rows, truncate_and_normalize
+from embedder.weights import Weights, check_weights, locate
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,12 @@ class ReplicaSpec:
     # Encode in batches whose shape is set by the texts' own lengths, so a text's vector does
     # not depend on what it was batched with (quantized codes need it: plan_fixed_shape_batches).
     fixed_shape_batches: bool = False
+    # The weights this replica must load (embedder.weights): "" loads whatever is found.
+    weights_digest: str = ""
+
+    def locate_weights(self) -> Weights:
+        """The weights this spec names, as found on this machine."""
+        return locate(self.source, self.source_is_local, self.local_package, self.revision)
 
     @classmethod
     def for_model(
@@ -114,6 +120,33 @@ class ReplicaStats:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Placed:
+    """Where and how a replica of a spec runs on this machine: device, precision, weights."""
+
+    device: str
+    dtype: str
+    compute_capability: tuple[int, int] | None
+    gpu_name: str
+
+
+def place(spec: ReplicaSpec, gpus_assigned: bool | None = None) -> Placed:
+    """The device and precision a replica of `spec` gets here (DeviceError when it cannot).
+    A replica that must run on the CPU is placed without asking torch (no CUDA start-up)."""
+    if spec.device == "cpu" or (spec.device == "auto" and gpus_assigned is False):
+        return Placed("cpu", choose_dtype(spec.dtype, "cpu", None, spec.card_dtype), None, "")
+    import torch
+
+    device = resolve_device(spec.device, gpus_assigned, torch.cuda.is_available())
+    capability = torch.cuda.get_device_capability() if device == "cuda" else None
+    return Placed(
+        device,
+        choose_dtype(spec.dtype, device, capability, spec.card_dtype),
+        capability,
+        torch.cuda.get_device_name() if device == "cuda" else "",
+    )
+
+
 class Replica:
     """Loads the model once; `embed` returns float32 unit vectors of width `spec.dim`."""
 
@@ -121,11 +154,10 @@ class Replica:
         import torch
 
         self.spec = spec
-        self.device = resolve_device(spec.device, gpus_assigned, torch.cuda.is_available())
-        capability = torch.cuda.get_device_capability() if self.device == "cuda" else None
-        self.dtype = choose_dtype(spec.dtype, self.device, capability, spec.card_dtype)
-        self.gpu_name = torch.cuda.get_device_name() if self.device == "cuda" else ""
-        self.compute_capability = capability
+        placed = place(spec, gpus_assigned)
+        self.device, self.dtype = placed.device, placed.dtype
+        self.gpu_name = placed.gpu_name
+        self.compute_capability = placed.compute_capability
         if self.device == "cpu" and spec.cpu_threads:
             torch.set_num_threads(spec.cpu_threads)
         started = time.perf_counter()
@@ -316,24 +348,24 @@ def _release_cuda_cache() -> None:
 
 
 def load_model(spec: ReplicaSpec, device: str, dtype: str):
-    """Build the SentenceTransformer; a local folder never touches the hub."""
+    """Build the SentenceTransformer from the weights the spec names, as found here (a hub
+    snapshot is fetched first), and only when they are the ones it pins (WeightsMismatch);
+    then nothing touches the hub."""
     from sentence_transformers import SentenceTransformer
 
+    weights = spec.locate_weights()
+    check_weights(weights, spec.weights_digest)
     kwargs: dict[str, Any] = {
         "device": device,
         "trust_remote_code": spec.trust_remote_code,
         "backend": spec.backend,
+        "local_files_only": True,
     }
-    source, is_local = resolve_source(spec.source, spec.source_is_local, spec.local_package)
-    if is_local:
-        kwargs["local_files_only"] = True
-    elif spec.revision:
-        kwargs["revision"] = spec.revision
     if spec.backend == "torch":
         # Loaded in the dtype it runs in: loading in fp32 and then casting would hold both
         # copies at once (e5-mistral-7b: 28 GB on the way to 14 GB).
         kwargs["model_kwargs"] = {"dtype": torch_dtype(dtype)}
-    model = SentenceTransformer(source, **kwargs)
+    model = SentenceTransformer(weights.folder, **kwargs)
     if spec.backend == "torch" and dtype != "fp32":
         # Modules outside the transformer (pooling, dense heads) are small: cast them too.
         # Parameters already in this dtype are not copied.

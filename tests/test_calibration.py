@@ -7,20 +7,42 @@ import numpy as np
 from embedder import Replica, ReplicaSpec
 from embedder.outputs import calibration_ranges
 from jobs.pipeline.calibration import load_or_calibrate, sample_texts
+from jobs.pipeline.duplicates import find_corpus_duplicates, scan_here
 from jobs.pipeline.folders import CALIBRATION, InputFolder, OutputFolder
 from jobs.pipeline.reading import Columns
 from tests.conftest import write_jsonl
 
 
-def test_the_sample_is_the_first_valid_rows_in_file_order_and_reading_stops_there(tmp_path):
-    write_jsonl(tmp_path / "a.jsonl", [{"text": t} for t in ("one", "", "two")])
-    write_jsonl(tmp_path / "b.jsonl", [{"text": "three"}, {"text": "four"}])
-    (tmp_path / "c.jsonl.gz").write_bytes(b"not gzip at all")  # never reached
-    folder = InputFolder(str(tmp_path))
-    assert sample_texts(folder, folder.list_files(), Columns(), 3, 2) == ["one", "two", "three"]
-    assert sample_texts(folder, folder.list_files()[:2], Columns(), 99, 2) == [
-        "one", "two", "three", "four",
-    ]  # fmt: skip
+def drawn(folder: InputFolder, rows: int) -> list[str]:
+    """The job's calibration sample of `rows` rows: drawn by the duplicate scan, then read."""
+    files = folder.list_files()
+    scan = find_corpus_duplicates(folder, files, Columns(), 4, scan_here, sample_rows=rows)
+    return sample_texts(folder, files, Columns(), 4, scan.sample)
+
+
+def test_the_sample_is_spread_over_the_whole_corpus_whatever_the_file_order(tmp_path):
+    # Ten collections of 40 rows, read collection by collection: the first 50 rows in file
+    # order would all come from the first two.
+    for c in range(10):
+        records = [{"id": f"c{c}-{r}", "text": f"text {c}.{r}"} for r in range(40)]
+        write_jsonl(tmp_path / "a" / f"coll{c}" / "rows.jsonl", records)
+    sample = drawn(InputFolder(str(tmp_path / "a")), 50)
+    assert len(sample) == len(set(sample)) == 50
+    from_collection = {t.split()[1].split(".")[0] for t in sample}
+    assert len(from_collection) >= 8
+    # The same rows in other files, in another order: the same sample.
+    for c in range(10):
+        records = [{"id": f"c{c}-{r}", "text": f"text {c}.{r}"} for r in range(40)][::-1]
+        write_jsonl(tmp_path / "b" / f"{9 - c}" / "x.jsonl", records[:20])
+        write_jsonl(tmp_path / "b" / f"{c}" / "y.jsonl", records[20:])
+    assert sorted(drawn(InputFolder(str(tmp_path / "b")), 50)) == sorted(sample)
+
+
+def test_the_sample_takes_valid_first_occurrences_and_all_there_are(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [{"id": str(i), "text": t} for i, t in enumerate("xy z")])
+    write_jsonl(tmp_path / "b.jsonl", [{"id": "0", "text": "a repeat"}, {"text": "no id"}])
+    (tmp_path / "c.jsonl.gz").write_bytes(b"not gzip at all")  # nothing of it is sampled
+    assert sorted(drawn(InputFolder(str(tmp_path)), 99)) == ["no id", "x", "y", "z"]
 
 
 def test_ranges_are_calibrated_once_then_read_back(tmp_path, model_path):

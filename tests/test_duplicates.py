@@ -76,9 +76,11 @@ def test_partitioned_scan_on_ray_decides_as_one_pass_does(tmp_path):
     folder = random_corpus(tmp_path)
     files = folder.list_files()
     with local_ray(num_cpus=2):
-        on_ray = find_corpus_duplicates(folder, files, Columns(), 16, scan_on_ray)
-    in_one_pass = find_corpus_duplicates(folder, files, Columns(), 16, scan_here)
+        on_ray = find_corpus_duplicates(folder, files, Columns(), 16, scan_on_ray, sample_rows=30)
+    in_one_pass = find_corpus_duplicates(folder, files, Columns(), 16, scan_here, sample_rows=30)
     assert on_ray.excluded == in_one_pass.excluded
+    # The calibration sample too: the partitions' smallest hashes, merged.
+    assert on_ray.sample == in_one_pass.sample and len(on_ray.sample) == 30
     repeated = sum(len(rows) for rows in on_ray.excluded.values())
     assert repeated == 12 * 40 - len(distinct_ids(tmp_path))
 

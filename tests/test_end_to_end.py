@@ -14,6 +14,7 @@ MANIFEST_FIELDS = {
     "model",
     "hf_id",
     "revision",
+    "weights",
     "native_dim",
     "dim",
     "matryoshka",
@@ -98,7 +99,7 @@ def test_manifest_holds_the_design_fields(cli_runs, mixed_corpus, dim):
     assert manifest["normalized"] is True
     assert manifest["truncation_verified"] is (dim == 384)
     assert manifest["replicas"] == 1 and manifest["per_replica"][0]["device"] == "cpu"
-    assert manifest["devices"] == ["cpu"] and manifest["manifest_version"] == 2
+    assert manifest["devices"] == ["cpu"] and manifest["manifest_version"] == 3
     replica = manifest["per_replica"][0]
     assert replica["peak_memory_of"] == "rss" and replica["peak_memory_bytes"] > 100 * 2**20
     assert manifest["dtype"] == "fp32"

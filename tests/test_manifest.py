@@ -67,6 +67,7 @@ def test_the_manifest_counts_and_names_its_replicas():
         truncations=[check_truncation(model_spec, 384, False)],
         calibration=None,
         fingerprint={"dims": [384]},
+        weights={"revision": None, "digest": "sha256:00ff", "files": 9},
         settings_public={"precision": "float32"},
         replicas=[replica],
         tally=tally,
@@ -74,7 +75,8 @@ def test_the_manifest_counts_and_names_its_replicas():
         timings={"wall_seconds": 10.0},
         started_at=dt.datetime(2026, 11, 28, tzinfo=dt.UTC),
     )
-    assert record["manifest_version"] == 2
+    assert record["manifest_version"] == 3
+    assert record["weights"] == {"revision": None, "digest": "sha256:00ff", "files": 9}
     assert record["registry_entry"]["hf_id"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert record["fingerprint"] == {"dims": [384]}
     assert (record["replicas"], record["devices"]) == (1, ["cpu"])
@@ -114,6 +116,7 @@ def test_per_replica_rows_add_up_to_rows_embedded_when_a_replica_is_lost():
         truncations=[check_truncation(model_spec, 384, False)],
         calibration=None,
         fingerprint={},
+        weights={},
         settings_public={},
         replicas=replicas,
         tally=tally,

@@ -150,3 +150,117 @@ def test_search_of_int8_codes_with_rescoring_finds_the_float_top_hit(prompted_ru
         codes = search(output, query, "embedding_384_int8", k=5, rescore=20)
         assert [h.id for h in codes] == [h.id for h in floats]
         assert [h.score for h in codes] == pytest.approx([h.score for h in floats], abs=1e-6)
+
+
+# -- an OUTPUT from someone else: its manifest is data ----------------------------------------
+
+EVIL = """
+import pathlib
+pathlib.Path({marker!r}).write_text("ran")
+def get_model_path():
+    return {model!r}
+"""
+
+
+def crafted_output(demo_output, tmp_path, change) -> tuple:
+    """A copy of the demo OUTPUT's manifest, changed by `change(manifest, output)`, and a
+    marker file that any code planted in it would create."""
+    output = tmp_path / "crafted"
+    output.mkdir()
+    manifest = json.loads((demo_output / "_manifest.json").read_text())
+    marker = tmp_path / "code-ran"
+    change(manifest, output, marker)
+    (output / "_manifest.json").write_text(json.dumps(manifest))
+    return output, marker
+
+
+def plant_package(folder, name, marker, model_path) -> None:
+    (folder / name).mkdir()
+    (folder / name / "__init__.py").write_text(EVIL.format(marker=str(marker), model=model_path))
+
+
+def test_a_package_the_manifest_names_is_never_imported(demo_output, tmp_path, model_path):
+    def evil_package(manifest, output, marker):
+        manifest["registry_entry"]["local_package"] = "evil_weights"
+        plant_package(output, "evil_weights", marker, model_path)
+
+    output, marker = crafted_output(demo_output, tmp_path, evil_package)
+    with pytest.raises(ManifestError, match="'evil_weights' .* not the registry's own"):
+        QueryEncoder.from_output(str(output))
+    # python -m jobs.search has the current folder on sys.path: run from inside OUTPUT.
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.search", ".", "a query"],
+        cwd=output, env=job_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2 and "not the registry's own" in result.stderr
+    assert not marker.exists()
+
+
+def test_the_registrys_own_package_is_not_imported_from_inside_output(
+    demo_output, tmp_path, model_path
+):
+    """The registry's package name, shadowed by a package of that name shipped in OUTPUT."""
+
+    def shadowing(manifest, output, marker):
+        plant_package(output, manifest["registry_entry"]["local_package"], marker, model_path)
+
+    output, marker = crafted_output(demo_output, tmp_path, shadowing)
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.search", ".", "a query"],
+        cwd=output, env=job_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "would be imported from inside OUTPUT" in result.stderr
+    assert not marker.exists()
+
+
+def test_files_the_manifest_names_must_lie_inside_output(demo_output, tmp_path):
+    secret = tmp_path / "secret.npy"
+    secret.write_bytes(b"not yours")
+    for case, name in enumerate(("../secret.npy", str(secret), "file:///etc/hostname", "link.npy")):
+
+        def rotation_elsewhere(manifest, output, marker, name=name):
+            (output / "link.npy").symlink_to(secret)  # a link inside that points outside
+            manifest["calibration"] = {"rows": 1, "rotation": {"method": "pca", "file": name}}
+
+        (tmp_path / str(case)).mkdir()
+        output, _ = crafted_output(demo_output, tmp_path / str(case), rotation_elsewhere)
+        with pytest.raises(ManifestError, match="is not a file inside"):
+            QueryEncoder.from_output(str(output))
+
+
+def test_a_model_folder_inside_output_or_other_weights_are_refused(
+    demo_output, tmp_path, model_path
+):
+    import shutil
+
+    def model_inside(manifest, output, marker):
+        shutil.copytree(model_path, output / "model")
+        manifest["registry_entry"] |= {"path": str(output / "model"), "local_package": ""}
+
+    (tmp_path / "a").mkdir()
+    output, _ = crafted_output(demo_output, tmp_path / "a", model_inside)
+    with pytest.raises(ManifestError, match="model folder inside OUTPUT"):
+        QueryEncoder.from_output(str(output))
+
+    def other_weights(manifest, output, marker):
+        manifest["weights"]["digest"] = "sha256:" + "0" * 64
+
+    (tmp_path / "b").mkdir()
+    output, _ = crafted_output(demo_output, tmp_path / "b", other_weights)
+    with pytest.raises(ManifestError, match="queries would not match OUTPUT's vectors"):
+        QueryEncoder.from_output(str(output))
+
+
+def test_remote_code_needs_the_revision_output_recorded(demo_output, tmp_path):
+    from registry import PolicyError
+
+    def remote_code(manifest, output, marker):
+        manifest["registry_entry"] |= {"trust_remote_code": True, "local_package": ""}
+        manifest["weights"]["revision"] = None
+
+    output, _ = crafted_output(demo_output, tmp_path, remote_code)
+    with pytest.raises(PolicyError, match="--trust-remote-code"):
+        QueryEncoder.from_output(str(output))
+    with pytest.raises(PolicyError, match="no revision is pinned"):
+        QueryEncoder.from_output(str(output), trust_remote_code=True)

@@ -164,10 +164,9 @@ def run_in_process():
     from jobs.pipeline.job import prepare_job, run_job
     from jobs.pipeline.settings import EmbedSettings
 
-    def run(args: list[str], **options) -> dict:
+    def run(args: list[str]) -> dict:
         root, output, model = args
-        settings = EmbedSettings(input=root, output=output, model=model, **options)
-        record, code = run_job(prepare_job(settings))
+        record, code = run_job(prepare_job(EmbedSettings(input=root, output=output, model=model)))
         assert code == 0
         return json.loads((Path(output) / "_manifest.json").read_text())
 
@@ -220,11 +219,6 @@ def test_rerun_of_a_finished_job_embeds_nothing_and_an_edit_embeds_one_row(
     assert after_delete["rows_embedded"] == 0
     remaining = {k: v for k, v in expected.items() if not k.startswith("f0-")}
     assert set(output_ids(output)) == set(remaining)
-
-    # --overwrite: the job's own files are removed and everything is embedded again.
-    overwritten = run(args, overwrite=True)
-    assert overwritten["rows_embedded"] == len(remaining)
-    assert_exactly_once(output, remaining)
 
 
 def test_a_replica_killed_mid_run_is_restarted_and_nothing_is_doubled(corpus, tmp_path):

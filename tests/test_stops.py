@@ -3,22 +3,28 @@ writes nothing more; a rerun then finishes with every row exactly once.
 
 One corpus, one OUTPUT, one run after another, as a user meets them: SIGTERM (exit 143), Ctrl-C
 to the whole process group (exit 130), the lease taken over mid-run (exit 1), a write that
-fails (exit 1), and the rerun that completes.
+fails (exit 1), the rerun that completes; then the model's weights change, and a resume is
+refused (exit 2).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from embedder.weights import locate
 from jobs.pipeline.folders import LEASE, OutputFolder
 from jobs.pipeline.lease import this_machine
 from jobs.pipeline.units import InputFile
+from jobs.query import ManifestError, QueryEncoder
 from tests.conftest import REPO, job_env, real_texts, run_job_cli, write_jsonl
 from tests.test_resume import assert_exactly_once, assert_no_duplicates_so_far, part_files
 
@@ -75,10 +81,17 @@ def assert_one_line_and_no_traceback(stderr: str, line: str) -> None:
     assert "Traceback" not in stderr, stderr[-3000:]
 
 
-def test_stops_say_so_in_one_line_keep_their_work_and_a_rerun_finishes(tmp_path):
+def test_stops_say_so_in_one_line_keep_their_work_and_a_rerun_finishes(tmp_path, model_path):
     expected = make_corpus(tmp_path / "in")
     output = tmp_path / "out"
-    args = [str(tmp_path / "in"), str(output), "all-miniLM-l6", "--block-rows", str(BLOCK_ROWS)]
+    model = Path(shutil.copytree(model_path, tmp_path / "model"))  # weights we can change
+    registry = tmp_path / "models.toml"
+    registry.write_text(
+        f'[models."mini"]\npath = "{model}"\nnative_dim = 384\nmatryoshka = "none"\n'
+        "max_tokens = 256\n"
+    )
+    args = [str(tmp_path / "in"), str(output), "mini", "--registry-file", str(registry),
+            "--block-rows", str(BLOCK_ROWS)]  # fmt: skip
 
     # SIGTERM, as `kill` or a scheduler sends it.
     code, stderr, _ = stop_mid_run(args, output, lambda p: os.kill(p.pid, signal.SIGTERM))
@@ -125,12 +138,40 @@ def test_stops_say_so_in_one_line_keep_their_work_and_a_rerun_finishes(tmp_path)
     assert not [p for p in output.rglob(".*") if ".tmp-" in p.name]
     blocked.rmdir()
 
-    finished = run_job_cli(args)
+    # The fingerprint holds the precision the replicas resolved: `auto` (the runs above) and
+    # `fp32` are one and the same on a CPU.
+    finished = run_job_cli([*args, "--dtype", "fp32"])
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert_exactly_once(output, expected)
     manifest = json.loads((output / "_manifest.json").read_text())
     assert manifest["rows_in_output"] == len(expected)
     assert 0 < manifest["rows_embedded"] < len(expected)  # the stopped runs' work was kept
+    pinned = locate(str(model), True).pinned()
+    assert manifest["weights"] == pinned | {"files": 11}
+    assert manifest["fingerprint"]["weights"] == pinned
+    assert (manifest["fingerprint"]["dtype"], manifest["fingerprint"]["backend"]) == (
+        "fp32",
+        "torch",
+    )
+
+    # The weights change under OUTPUT: a resume is refused, naming the difference, and
+    # queries are refused too (they would not match the stored vectors).
+    config = model / "tokenizer_config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"model_max_length": 128}))
+    refused = run_job_cli(args)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert f"weights: OUTPUT has {pinned!r}, this run" in refused.stderr
+    with pytest.raises(ManifestError, match="queries would not match"):
+        QueryEncoder.from_output(str(output))
+
+    # --overwrite: the job's own files go, and everything is embedded again with these weights.
+    overwritten = run_job_cli([*args, "--overwrite"])
+    assert overwritten.returncode == 0, overwritten.stderr[-3000:]
+    assert "--overwrite: removed" in overwritten.stderr
+    assert_exactly_once(output, expected)
+    manifest = json.loads((output / "_manifest.json").read_text())
+    assert manifest["rows_embedded"] == len(expected)
+    assert manifest["weights"]["digest"] == locate(str(model), True).digest != pinned["digest"]
 
 
 def dead_pid() -> int:

@@ -1,8 +1,10 @@
-"""int8/uint8 ranges, calibrated once per OUTPUT from a sample of the corpus.
+"""int8/uint8 ranges and the rotation, calibrated once per OUTPUT from a sample of the corpus.
 
-The sample is the first --calibration-rows valid rows in file order, embedded once (in a run:
-by a Ray task that has a replica's resources). The ranges are written to OUTPUT before any block; a
-resumed run reads them back, so every batch, every replica and every rerun of one OUTPUT
+The sample is --calibration-rows valid rows spread over the whole corpus: those whose id has
+the smallest hashes (drawn by the duplicate scan, jobs.pipeline.duplicates), so it does not
+depend on the order of the files and a rerun draws the same. It is embedded once (in a run: by
+a Ray task that has a replica's resources). The ranges are written to OUTPUT before any block;
+a resumed run reads them back, so every batch, every replica and every rerun of one OUTPUT
 quantizes with the same scale (and queries can use it too: the manifest repeats it).
 """
 
@@ -27,25 +29,39 @@ from jobs.pipeline.folders import (
     StorageReadError,
 )
 from jobs.pipeline.placement import Placement
-from jobs.pipeline.reading import Columns
+from jobs.pipeline.reading import ROW, Columns
 from jobs.pipeline.units import InputFile
 
 
 def sample_texts(
-    folder: InputFolder, input_files: list[InputFile], columns: Columns, rows: int, block_rows: int
+    folder: InputFolder,
+    input_files: list[InputFile],
+    columns: Columns,
+    block_rows: int,
+    sample: list[tuple[str, int]],
 ) -> list[str]:
-    """The first `rows` valid texts in file order; reading stops as soon as there are enough.
-    A file the storage fails on is passed over: the sample is taken once per OUTPUT anyway."""
-    texts: list[str] = []
+    """The texts of the sampled rows ((file, row), as CorpusScan.sample gives them), in the
+    sample's order. Only the files that hold a sampled row are read, each up to its last one;
+    a file the storage fails on is passed over: the sample is taken once per OUTPUT anyway."""
+    wanted: dict[str, set[int]] = {}
+    for relpath, row in sample:
+        wanted.setdefault(relpath, set()).add(row)
+    found: dict[tuple[str, int], str] = {}
     for input_file in input_files:
+        rows = wanted.get(input_file.relpath)
+        if not rows:
+            continue
         try:
             for block in read_blocks(folder, input_file, columns, block_rows, metadata=False):
-                texts += block.rows.column("text").to_pylist()[: rows - len(texts)]
-                if len(texts) >= rows:
-                    return texts
+                positions = block.rows.column(ROW).to_pylist()
+                for row, text in zip(positions, block.rows.column("text").to_pylist()):
+                    if row in rows:
+                        found[(input_file.relpath, row)] = text
+                if block.id.first_row + block_rows > max(rows):
+                    break
         except StorageReadError:
             continue
-    return texts
+    return [found[pick] for pick in sample if pick in found]
 
 
 def load_or_calibrate(
@@ -86,10 +102,11 @@ def load_or_calibrate(
 
 
 def load_rotation(output: OutputFolder, record: dict[str, Any] | None) -> np.ndarray | None:
-    """The rotation matrix a calibration record names, read from OUTPUT; None without one."""
+    """The rotation matrix a calibration record names, read from OUTPUT (OutputError for a
+    name that leads outside it: a record may come from someone else); None without one."""
     if not record or not record.get("rotation"):
         return None
-    with output.open(record["rotation"]["file"]) as handle:
+    with output.open(output.inside(str(record["rotation"]["file"]))) as handle:
         return rotation_from_bytes(handle.read())
 
 

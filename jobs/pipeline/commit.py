@@ -37,18 +37,23 @@ def fingerprint_id(fingerprint: dict[str, Any]) -> str:
 
 
 def claim_output(
-    output: OutputFolder, fingerprint: dict[str, Any], write: bool = True
+    output: OutputFolder,
+    fingerprint: dict[str, Any],
+    write: bool = True,
+    unresolved: tuple[str, ...] = (),
 ) -> dict[str, Any] | None:
     """Record this run's fingerprint in OUTPUT, or check it against the one there.
 
     Returns the stored fingerprint when resuming, None for a fresh OUTPUT. Raises
-    FingerprintMismatch naming each difference. With write=False (a dry run) only checks.
+    FingerprintMismatch naming each difference. With write=False (a check before the run)
+    only checks, leaving out the `unresolved` keys the fingerprint does not have yet.
     """
     stored = output.read_json(FINGERPRINT)
     if stored is not None:
+        skipped = {key for key in unresolved if key not in fingerprint}
         differences = [
             f"{key}: OUTPUT has {stored.get(key)!r}, this run {fingerprint.get(key)!r}"
-            for key in sorted(set(stored) | set(fingerprint))
+            for key in sorted((set(stored) | set(fingerprint)) - skipped)
             if stored.get(key) != fingerprint.get(key)
         ]
         if differences:

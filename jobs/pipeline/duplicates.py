@@ -14,6 +14,11 @@ On Ray the scan is a hash-partitioned map and reduce, so that no machine holds e
 
 The driver gets back only the repeats and the files a storage failure kept from being read:
 its memory follows the duplicates and the files, not the rows.
+
+The same pass draws the calibration sample (jobs.pipeline.calibration): the rows whose id has
+the smallest hashes, first occurrences only. A hash of the id is a uniform draw over the whole
+corpus that every rerun repeats, whatever the order or grouping of the files; each reducer
+returns its partition's smallest, and the driver keeps the smallest of those.
 """
 
 from __future__ import annotations
@@ -52,14 +57,17 @@ MAX_GROUPS = 512
 
 @dataclass
 class CorpusScan:
-    """The duplicates found, and the files that could not be read for it."""
+    """The duplicates found, the files that could not be read for it, and the calibration
+    sample: (file, row) of up to `sample_rows` valid rows, in the order of their id's hash."""
 
     excluded: Excluded
     unread: dict[str, str] = field(default_factory=dict)  # relpath -> storage error
+    sample: list[tuple[str, int]] = field(default_factory=list)
 
 
-# (folder, [(file index, file)], columns, block_rows) -> (unread, repeats per partition)
-Runner = Callable[..., tuple[dict[str, str], list[np.ndarray]]]
+# (folder, [(file index, file)], columns, block_rows, sample_rows) -> (unread, per partition:
+# (repeats, sample))
+Runner = Callable[..., tuple[dict[str, str], list[tuple[np.ndarray, np.ndarray]]]]
 
 
 def find_corpus_duplicates(
@@ -68,13 +76,19 @@ def find_corpus_duplicates(
     columns: Columns,
     block_rows: int,
     run: Runner | None = None,
+    sample_rows: int = 0,
 ) -> CorpusScan:
-    """Scan every file (as Ray tasks by default; `run=scan_here` in this process) and find
-    the duplicates. A file the storage would not give up is left out of the decision (a rerun
-    decides again with it)."""
+    """Scan every file (as Ray tasks by default; `run=scan_here` in this process), find the
+    duplicates and draw a sample of `sample_rows` rows. A file the storage would not give up
+    is left out (a rerun decides again with it)."""
     indexed = list(enumerate(input_files))
-    unread, repeats = (run or scan_on_ray)(folder, indexed, columns, block_rows)
-    return CorpusScan(excluded_from(input_files, repeats), unread)
+    unread, reduced = (run or scan_on_ray)(folder, indexed, columns, block_rows, sample_rows)
+    sample = smallest_hashes([drawn for _, drawn in reduced], sample_rows)
+    return CorpusScan(
+        excluded_from(input_files, [repeats for repeats, _ in reduced]),
+        unread,
+        [(input_files[file].relpath, row) for file, row in zip(sample["file"], sample["row"])],
+    )
 
 
 def id_hash(identifier: str) -> int:
@@ -120,6 +134,12 @@ def scan_group(
 
 def repeats_in(*parts: np.ndarray) -> np.ndarray:
     """Every sighting of an id after its first in (file, row) order, with the first's place."""
+    return reduce_partition(0, *parts)[0]
+
+
+def reduce_partition(sample_rows: int, *parts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One partition's repeats (repeats_in), and its `sample_rows` first sightings of the
+    smallest id hashes."""
     sightings = np.concatenate([np.empty(0, SIGHTING), *parts])
     sightings = sightings[np.lexsort((sightings["row"], sightings["file"], sightings["hash"]))]
     hashes = sightings["hash"]
@@ -131,7 +151,13 @@ def repeats_in(*parts: np.ndarray) -> np.ndarray:
     repeats = np.empty(len(later), REPEAT)
     repeats["file"], repeats["row"] = sightings["file"][later], sightings["row"][later]
     repeats["kept_file"], repeats["kept_row"] = first["file"], first["row"]
-    return repeats
+    return repeats, sightings[starts_group][:sample_rows]  # sorted by hash already
+
+
+def smallest_hashes(parts: list[np.ndarray], count: int) -> np.ndarray:
+    """The `count` sightings of smallest hash among the partitions' own smallest."""
+    drawn = np.concatenate([np.empty(0, SIGHTING), *parts])
+    return drawn[np.argsort(drawn["hash"], kind="stable")][:count]
 
 
 def excluded_from(input_files: list[InputFile], repeats: list[np.ndarray]) -> Excluded:
@@ -146,7 +172,7 @@ def excluded_from(input_files: list[InputFile], repeats: list[np.ndarray]) -> Ex
     return found
 
 
-def scan_on_ray(folder, indexed, columns, block_rows) -> tuple[dict[str, str], list[np.ndarray]]:
+def scan_on_ray(folder, indexed, columns, block_rows, sample_rows=0):
     """The scan as Ray tasks: groups of files mapped to hash partitions, each reduced on its
     own worker."""
     import ray
@@ -156,12 +182,12 @@ def scan_on_ray(folder, indexed, columns, block_rows) -> tuple[dict[str, str], l
     groups = file_groups(indexed, min(MAX_GROUPS, 4 * cpus))
     scan = ray.remote(num_cpus=1)(scan_group).options(num_returns=partitions + 1)
     mapped = [scan.remote(folder, group, columns, block_rows, partitions) for group in groups]
-    reduce = ray.remote(num_cpus=1)(repeats_in)
-    repeats = [reduce.remote(*[m[1 + p] for m in mapped]) for p in range(partitions)]
+    reduce = ray.remote(num_cpus=1)(reduce_partition)
+    reduced = [reduce.remote(sample_rows, *[m[1 + p] for m in mapped]) for p in range(partitions)]
     unread: dict[str, str] = {}
     for found in ray.get([m[0] for m in mapped]):
         unread.update(found)
-    return unread, ray.get(repeats)
+    return unread, ray.get(reduced)
 
 
 def file_groups(indexed: list, groups: int) -> list[list]:
@@ -170,7 +196,7 @@ def file_groups(indexed: list, groups: int) -> list[list]:
     return [indexed[i : i + size] for i in range(0, len(indexed), size)]
 
 
-def scan_here(folder, indexed, columns, block_rows) -> tuple[dict[str, str], list[np.ndarray]]:
+def scan_here(folder, indexed, columns, block_rows, sample_rows=0):
     """The same scan in this process, one partition (a dry run starts no Ray)."""
     unread, sightings = scan_group(folder, indexed, columns, block_rows, 1)
-    return unread, [repeats_in(sightings)]
+    return unread, [reduce_partition(sample_rows, sightings)]

@@ -214,6 +214,20 @@ class Folder:
             return "file", os.path.realpath(root)
         return protocol, root.rstrip("/")
 
+    def inside(self, relpath: str) -> str:
+        """`relpath` normalized, if it names a file inside this folder; OutputError if it
+        leads out of it (an absolute path, a URI, "..", a link pointing elsewhere)."""
+        normal = posixpath.normpath(relpath.replace("\\", "/"))
+        escapes = (
+            "://" in relpath
+            or normal.startswith(("/", "../"))
+            or normal in ("..", ".", "")
+            or (self.is_local and not resolves_inside(self.path(normal), self.root))
+        )
+        if escapes:
+            raise OutputError(f"{relpath!r} is not a file inside {self.uri!r}: not read")
+        return normal
+
     def exists(self, relpath: str = "") -> bool:
         return self.fs.exists(self.path(relpath))
 
@@ -231,6 +245,11 @@ class Folder:
             for path, info in found.items()
             if info.get("type", "file") != "directory"
         }
+
+
+def resolves_inside(path: str, root: str) -> bool:
+    """Whether a local path, links resolved, lies under root."""
+    return os.path.realpath(path).startswith(os.path.realpath(root).rstrip(os.sep) + os.sep)
 
 
 def is_lease_file(relpath: str) -> bool:
@@ -497,11 +516,14 @@ class OutputFolder(Folder):
         return sorted(r for r in self.files() if is_lease_file(r) and r not in (LEASE, LEASE_LOCK))
 
     def read_json(self, relpath: str) -> Any | None:
-        """The parsed file, or None when it is not there."""
-        if not self.exists(relpath):
+        """The parsed file, or None when it is not there. One whole-object read: a file
+        opened for ranged reads (s3fs) fails when another process replaces it in between, as
+        the lease's heartbeat does."""
+        try:
+            data = self.fs.cat_file(self.path(relpath))
+        except FileNotFoundError:
             return None
-        with self.open(relpath, "rt", encoding="utf-8") as handle:
-            return json.load(handle)
+        return json.loads(data)
 
     def write_parquet(self, relpath: str, table) -> None:
         """Write a table as one Parquet file that readers see whole or not at all."""

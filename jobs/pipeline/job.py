@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import signal
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 
 from embedder import ReplicaSpec
 from embedder.outputs import output_columns
+from embedder.replica import place
+from embedder.weights import Weights
 from jobs.pipeline import calibration, commit, dry_run, duplicates, manifest, summary
 from jobs.pipeline.folders import (
     MANIFEST,
@@ -32,7 +35,7 @@ from jobs.pipeline.folders import (
     OutputWriteError,
     check_apart,
 )
-from jobs.pipeline.lease import Lease, LeaseHeld, LeaseLost
+from jobs.pipeline.lease import Lease, LeaseHeld, LeaseLost, check_free
 from jobs.pipeline.placement import Node, Placement, PlacementError, place_replicas
 from jobs.pipeline.reading import Columns
 from jobs.pipeline.settings import EmbedSettings, SettingsError, describe_config, load_settings
@@ -83,6 +86,15 @@ FAILURES = (LeaseLost, OutputWriteError)
 
 
 @dataclass(frozen=True)
+class Resolved:
+    """What only a replica's machine can say: the precision it runs in and the weights it
+    loads (embedder.weights). Part of the fingerprint, so a resume can never mix them."""
+
+    dtype: str
+    weights: Weights
+
+
+@dataclass(frozen=True)
 class Job:
     """A run that passed every check and can start."""
 
@@ -92,6 +104,7 @@ class Job:
     input: InputFolder
     output: OutputFolder
     input_files: list[InputFile]
+    resolved: Resolved | None = None  # set by with_resolved, where a replica would run
 
     @property
     def dims(self) -> list[int]:
@@ -109,11 +122,15 @@ class Job:
 
     @property
     def fingerprint(self) -> dict:
-        """Everything that changes a vector or where it is written: a rerun must match it."""
+        """Everything that changes a vector or where it is written: a rerun must match it.
+        The precision a replica resolves (fp32 for `auto` on a CPU, bf16 or fp16 on a GPU)
+        and the weights' digest are in it once resolved; before, they are left out
+        (RESOLVED_KEYS)."""
         settings, model_spec = self.settings, self.model_spec
-        return {
+        fingerprint = {
             "hf_id": model_spec.hf_id,
             "revision": settings.revision or model_spec.revision,
+            "backend": model_spec.backend,
             "dim": self.dims[0],
             "dims": self.dims,
             "precision": settings.precision,
@@ -121,13 +138,29 @@ class Job:
             "prompt": model_spec.document_prompt_label(),
             "encode_kwargs": model_spec.encode_kwargs,
             "normalized": True,
-            "dtype": settings.dtype,
             "max_tokens": self.max_tokens,
             "text_column": settings.text_column,
             "id_column": settings.id_column,
             "drop_text": settings.drop_text,
             "block_rows": settings.block_rows,
         }
+        if self.resolved is not None:
+            fingerprint["dtype"] = self.resolved.dtype
+            fingerprint["weights"] = self.resolved.weights.pinned()
+        return fingerprint
+
+
+RESOLVED_KEYS = ("dtype", "weights")
+
+
+def resolve(replica_spec: ReplicaSpec, on_gpus: bool | None = None) -> Resolved:
+    """The precision and weights a replica of `replica_spec` gets on this machine (in a run,
+    a Ray task with a replica's resources calls this: resolve_where_replicas_run)."""
+    return Resolved(place(replica_spec, on_gpus).dtype, replica_spec.locate_weights())
+
+
+def with_resolved(job: Job, resolved: Resolved) -> Job:
+    return dataclasses.replace(job, resolved=resolved)
 
 
 def prepare_job(settings: EmbedSettings) -> Job:
@@ -149,7 +182,9 @@ def prepare_job(settings: EmbedSettings) -> Job:
     if settings.overwrite:
         check_only_job_files(output)
     else:  # an OUTPUT that --overwrite clears cannot refuse the run
-        commit.claim_output(output, job.fingerprint, write=False)
+        commit.claim_output(output, job.fingerprint, write=False, unresolved=RESOLVED_KEYS)
+    if not settings.dry_run:
+        check_free(output)
     return job
 
 
@@ -206,6 +241,11 @@ def prepare_output(job: Job) -> None:
         log.info("OUTPUT holds a run with the same settings: resuming, finished blocks are kept")
 
 
+def describe_weights(weights: Weights) -> str:
+    revision = f", revision {weights.revision}" if weights.revision else ""
+    return f"{weights.digest} ({weights.files} files in {weights.folder}{revision})"
+
+
 def describe_removed(relpaths: list[str]) -> str:
     """What --overwrite removed, by kind."""
     blocks = sum(OutputFolder.parse_block_file(r) is not None for r in relpaths)
@@ -219,21 +259,40 @@ def describe_removed(relpaths: list[str]) -> str:
 
 
 def replica_spec_for(job: Job, placement: Placement) -> ReplicaSpec:
-    settings = job.settings
+    """The replica this run needs; once resolved, pinned to the resolved precision, hub
+    commit and weights' digest, so that every replica loads exactly those."""
+    settings, resolved = job.settings, job.resolved
     return ReplicaSpec.for_outputs(
         job.model_spec,
         job.dims,
         settings.precision,
         settings.rotate != "none",
-        revision=settings.revision,
+        revision=(resolved and resolved.weights.revision) or settings.revision,
         trust_remote_code=settings.trust_remote_code,
         max_tokens=job.max_tokens,
         device=settings.device,
-        dtype=settings.dtype,
+        dtype=resolved.dtype if resolved else settings.dtype,
         batch_size=settings.batch_size,
         max_batch_tokens=settings.max_batch_tokens,
         cpu_threads=placement.torch_threads,
+        weights_digest=resolved.weights.digest if resolved else "",
     )
+
+
+def resolve_where_replicas_run(job: Job, placement: Placement) -> Resolved:
+    """`resolve` where the replicas will load the weights: here when they run on this lone
+    node's CPUs; otherwise in a Ray task with a replica's resources (on a GPU node for a GPU
+    run, so that the driver never starts CUDA on a GPU a replica needs)."""
+    import ray
+
+    replica_spec = replica_spec_for(job, placement)
+    nodes = [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
+    if not placement.on_gpus and nodes == [ray.get_runtime_context().get_node_id()]:
+        return resolve(replica_spec, on_gpus=False)
+    task = ray.remote(num_cpus=placement.cpus_per_replica, num_gpus=placement.gpus_per_replica)(
+        resolve
+    )
+    return ray.get(task.remote(replica_spec, placement.on_gpus))
 
 
 def start_ray() -> bool:
@@ -269,36 +328,41 @@ def cluster_resources() -> tuple[float, float, str]:
 
 
 def run_job(job: Job) -> tuple[dict, int]:
-    """Hold OUTPUT's lease (LeaseHeld if another run does), start (or join) Ray, check the
-    cluster can host the run, claim OUTPUT, run the pipeline and write the manifest; returns
-    it with the exit code.
+    """Start (or join) Ray, check the cluster can host the run, hold OUTPUT's lease (LeaseHeld
+    if another run does), resolve the weights, claim OUTPUT, run the pipeline and write the
+    manifest; returns it with the exit code. Nothing is written to OUTPUT before the lease.
 
     Stops with RunStopped on SIGINT or SIGTERM, with LeaseLost as soon as the lease is lost
     (the heartbeat interrupts the main thread; a worker reports it in an envelope), with
     OutputWriteError when a write to OUTPUT fails, here or in a worker. Ray is shut down
-    first, then the lease released.
+    first, so that no worker commits after that, then the lease released.
     """
     import ray
 
     started_at = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
-    with (
-        stop_on_signals(),
-        Lease.take(job.output, job.settings.lease_timeout, on_lost=_thread.interrupt_main) as lease,
-    ):
+    lease: Lease | None = None
+    with stop_on_signals():
         started_here = start_ray()
         catch_stop_signals()  # ray.init sets a SIGTERM handler of its own: ours again
         try:
             placement = plan_cluster(job)
+            lease = Lease.take(
+                job.output, job.settings.lease_timeout, on_lost=_thread.interrupt_main
+            )
+            job = with_resolved(job, resolve_where_replicas_run(job, placement))
+            log.info("weights: %s", describe_weights(job.resolved.weights))
             prepare_output(job)
             return run_on_ray(job, placement, lease, started_at, t0)
         except RunStopped:
-            if lease.lost is not None:  # the heartbeat's interrupt, not a signal
+            if lease is not None and lease.lost is not None:  # the heartbeat's interrupt
                 raise lease.lost from None
             raise
         finally:
             if started_here:
                 ray.shutdown()
+            if lease is not None:
+                lease.release()
 
 
 def catch_stop_signals() -> dict[int, object]:
@@ -389,12 +453,16 @@ def run_on_ray(
     settings = job.settings
     t_ray = time.perf_counter()
     scan = duplicates.find_corpus_duplicates(
-        job.input, job.input_files, job.columns, settings.block_rows
+        job.input,
+        job.input_files,
+        job.columns,
+        settings.block_rows,
+        sample_rows=settings.calibration_rows,
     )
     readable = [f for f in job.input_files if f.relpath not in scan.unread]
     replica_spec = replica_spec_for(job, placement)
     lease.check()
-    calibrated = calibrate(job, readable, replica_spec, placement)
+    calibrated = calibrate(job, readable, scan.sample, replica_spec, placement)
     committed = job.output.committed_files()
     t_scan = time.perf_counter()
     stage_spec = stage_spec_for(job, calibrated, lease.run_id)
@@ -416,6 +484,7 @@ def run_on_ray(
         truncations=job.truncations,
         calibration=calibrated,
         fingerprint=job.fingerprint,
+        weights=job.resolved.weights.pinned() | {"files": job.resolved.weights.files},
         settings_public=settings.public_dict(),
         replicas=replicas,
         tally=tally,
@@ -453,14 +522,20 @@ def stage_spec_for(job: Job, calibrated: dict | None, run_id: str = "") -> Stage
     )
 
 
-def calibrate(job: Job, readable: list[InputFile], replica_spec: ReplicaSpec, placement):
-    """The rotation and int8/uint8 ranges of this OUTPUT (recorded, or calibrated now from a
-    sample); None when the run needs neither."""
+def calibrate(
+    job: Job,
+    readable: list[InputFile],
+    sample: list[tuple[str, int]],
+    replica_spec: ReplicaSpec,
+    placement: Placement,
+):
+    """The rotation and int8/uint8 ranges of this OUTPUT (recorded, or calibrated now from
+    the scan's sample, spread over the corpus); None when the run needs neither."""
     settings = job.settings
     return calibration.load_or_calibrate(
         job.output,
         lambda: calibration.sample_texts(
-            job.input, readable, job.columns, settings.calibration_rows, settings.block_rows
+            job.input, readable, job.columns, settings.block_rows, sample
         ),
         job.dims,
         calibration.embed_on_ray(replica_spec, placement),
@@ -557,8 +632,9 @@ def run_command(argv: list[str] | None) -> int:
         return EXIT_REFUSED
     if job.settings.dry_run:
         # Timed with the replica this machine would run: a lone CPU replica on two cores.
-        replica_spec = replica_spec_for(job, place_replicas([Node(2)]))
-        print(dry_run.describe(dry_run.survey(job, replica_spec)))
+        placement = place_replicas([Node(2)])
+        job = with_resolved(job, resolve(replica_spec_for(job, placement)))
+        print(dry_run.describe(dry_run.survey(job, replica_spec_for(job, placement))))
         return EXIT_OK
     try:
         record, code = run_job(job)

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.pipeline.folders import LEASE, OutputFolder
+from jobs.pipeline.folders import LEASE, OutputFolder, storage_errors
 
 log = logging.getLogger("embed")
 
@@ -147,6 +147,14 @@ def held_by(output: OutputFolder, holder: dict[str, Any]) -> LeaseHeld:
         f"{heartbeat_age(holder):.0f} s ago. Wait for it to finish, or remove "
         f"{LEASE} from OUTPUT if you know that run is gone."
     )
+
+
+def check_free(output: OutputFolder) -> None:
+    """LeaseHeld when a live run on this machine holds OUTPUT: a run refuses at once, before
+    it starts anything (a holder elsewhere needs watching: Lease.take decides)."""
+    holder = output.read_json(LEASE)
+    if holder is not None and holder_is_here(holder) and not why_gone(holder):
+        raise held_by(output, holder)
 
 
 def watch(output: OutputFolder, holder: dict[str, Any], version: str, timeout: float) -> str:
@@ -264,11 +272,15 @@ class Lease:
         recently: called before the driver writes to OUTPUT."""
         with self._lock:
             if self.lost is None:
-                _, version = self.output.read_versioned(LEASE)
-                if version != self.version:
-                    self._lose(self._who_holds_it())
+                try:
+                    _, version = self.output.read_versioned(LEASE)
+                except storage_errors() as err:
+                    self._lose(f"it could not be read ({type(err).__name__}: {err})")
                 else:
-                    self._check_renewed_recently()
+                    if version != self.version:
+                        self._lose(self._who_holds_it())
+                    else:
+                        self._check_renewed_recently()
             if self.lost is not None:
                 raise self.lost
 
@@ -278,7 +290,10 @@ class Lease:
             self._lose(f"it could not be renewed for {silent:.0f} s")
 
     def _who_holds_it(self) -> str:
-        current, _ = self.output.read_versioned(LEASE)
+        try:
+            current, _ = self.output.read_versioned(LEASE)
+        except storage_errors() as err:
+            return f"it is not the one this run wrote, and cannot be read ({err})"
         if current is None:
             return "it was removed"
         return f"it is now held by {describe(current)}"
@@ -310,8 +325,15 @@ class Lease:
 
 def check_holder(output: OutputFolder, run_id: str) -> None:
     """LeaseLost unless OUTPUT's lease still names run `run_id`: a worker calls this before
-    each commit (one small read)."""
-    current = output.read_json(LEASE)
+    each commit (one small read). A lease that cannot be read (after the storage library's
+    own retries) cannot be confirmed either: the commit does not happen."""
+    try:
+        current = output.read_json(LEASE)
+    except storage_errors() as err:
+        raise LeaseLost(
+            f"this run could not confirm that it still holds OUTPUT {output.uri!r} "
+            f"({type(err).__name__}: {err}). It stopped writing"
+        ) from err
     if current is None or current.get("run_id") != run_id:
         who = "no run holds it now" if current is None else f"it is now held by {describe(current)}"
         raise LeaseLost(f"this run lost OUTPUT {output.uri!r}: {who}. It stopped writing")

@@ -1,11 +1,13 @@
 """The run's record: `OUTPUT/_manifest.json`, written last.
 
-Version 2 (this code): `per_replica` lists each replica with its device and figures (version 1
-called that list `devices`); `devices` is now the distinct devices the replicas ran on, e.g.
-["cpu"] or ["cuda (NVIDIA H200)"]; `replicas` stays the count. New in version 2:
-`registry_entry` and `fingerprint` (what jobs.query.QueryEncoder rebuilds the model from),
-`query_prompt`, `files_rejected`, `rejected_files`, `files_unread`, per-replica peak memory.
-Figures come from what the stages reported per block, not from re-reading OUTPUT.
+Version 3 (this code): `weights`, the weights the run used (the hub commit where there is one,
+a `sha256:` digest of the files that load, how many), also in the fingerprint with the
+precision the replicas resolved (`dtype`) and the `backend`. Version 2: `per_replica` lists each
+replica with its device and figures (version 1 called that list `devices`); `devices` is the
+distinct devices the replicas ran on, e.g. ["cpu"] or ["cuda (NVIDIA H200)"]; `replicas` the
+count; `registry_entry` and `fingerprint` (what jobs.query.QueryEncoder rebuilds the model
+from), `query_prompt`, `files_rejected`, `rejected_files`, `files_unread`, per-replica peak
+memory. Figures come from what the stages reported per block, not from re-reading OUTPUT.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from jobs.pipeline.folders import MANIFEST, OutputFolder
 
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3
 
 
 @dataclass
@@ -126,6 +128,7 @@ def build_manifest(
     truncations,
     calibration,
     fingerprint: dict[str, Any],
+    weights: dict[str, Any],
     settings_public: dict[str, Any],
     replicas: list[dict[str, Any]],
     tally: Tally,
@@ -142,12 +145,14 @@ def build_manifest(
     totals = summarize_replicas(replicas, tally)
     widest = truncations[0]
     wall = timings.get("wall_seconds") or 0.0
-    dtypes = sorted({r["dtype"] for r in replicas})
+    # What the replicas ran in (the fingerprint's, when no replica ran: nothing to embed).
+    dtypes = sorted({r["dtype"] for r in replicas} or {fingerprint["dtype"]})
     return {
         "manifest_version": MANIFEST_VERSION,
         "model": model_spec.name,
         "hf_id": model_spec.hf_id,
         "revision": settings_public.get("revision") or model_spec.revision or None,
+        "weights": weights,
         "model_source": "local" if model_spec.model_source()[1] else "hub",
         "native_dim": model_spec.native_dim,
         "dim": widest.dim,
