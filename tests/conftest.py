@@ -158,6 +158,13 @@ def demo_output(tmp_path_factory) -> Path:
     return output
 
 
+def dead_pid() -> int:
+    """The pid of a process that has ended (and was reaped): a holder that is gone."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
 @contextmanager
 def local_ray(**resources) -> Iterator[None]:
     """A local Ray for the test's own calls (e.g. num_cpus=3, num_gpus=2: two logical GPUs on

@@ -8,8 +8,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -18,6 +16,7 @@ import pytest
 
 from jobs.pipeline.folders import LEASE, OutputFolder
 from jobs.pipeline.lease import Lease, LeaseHeld, LeaseLost, check_holder, this_machine
+from tests.conftest import dead_pid
 
 
 def lease_record(**changes) -> dict:
@@ -35,12 +34,6 @@ def lease_record(**changes) -> dict:
 def on_this_machine(**changes) -> dict:
     """A holder's record as a run on this machine (same boot id, same PID namespace) writes it."""
     return lease_record(host=socket.gethostname(), **this_machine()) | changes
-
-
-def dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
 
 
 @contextmanager

@@ -25,7 +25,7 @@ from jobs.pipeline.folders import LEASE, OutputFolder
 from jobs.pipeline.lease import this_machine
 from jobs.pipeline.units import InputFile
 from jobs.query import ManifestError, QueryEncoder
-from tests.conftest import REPO, job_env, real_texts, run_job_cli, write_jsonl
+from tests.conftest import REPO, dead_pid, job_env, real_texts, run_job_cli, write_jsonl
 from tests.test_resume import assert_exactly_once, assert_no_duplicates_so_far, part_files
 
 FILES, ROWS, BLOCK_ROWS = 12, 30, 5
@@ -93,23 +93,19 @@ def test_stops_say_so_in_one_line_keep_their_work_and_a_rerun_finishes(tmp_path,
     args = [str(tmp_path / "in"), str(output), "mini", "--registry-file", str(registry),
             "--block-rows", str(BLOCK_ROWS)]  # fmt: skip
 
-    # SIGTERM, as `kill` or a scheduler sends it.
-    code, stderr, _ = stop_mid_run(args, output, lambda p: os.kill(p.pid, signal.SIGTERM))
-    assert code == 143
-    assert_one_line_and_no_traceback(
-        stderr, "interrupted (SIGTERM): finished blocks are kept; rerun to resume"
+    # SIGTERM, as `kill` or a scheduler sends it; SIGINT to the whole process group, as Ctrl-C.
+    stops = (
+        ("SIGTERM", 143, lambda p: os.kill(p.pid, signal.SIGTERM)),
+        ("SIGINT", 130, lambda p: os.killpg(p.pid, signal.SIGINT)),
     )
-    assert not (output / LEASE).exists()
-    assert_no_duplicates_so_far(output, expected)
-
-    # Ctrl-C: SIGINT to the whole process group.
-    code, stderr, _ = stop_mid_run(args, output, lambda p: os.killpg(p.pid, signal.SIGINT))
-    assert code == 130
-    assert_one_line_and_no_traceback(
-        stderr, "interrupted (SIGINT): finished blocks are kept; rerun to resume"
-    )
-    assert not (output / LEASE).exists()
-    assert_no_duplicates_so_far(output, expected)
+    for name, expected_code, send in stops:
+        code, stderr, _ = stop_mid_run(args, output, send)
+        assert code == expected_code
+        assert_one_line_and_no_traceback(
+            stderr, f"interrupted ({name}): finished blocks are kept; rerun to resume"
+        )
+        assert not (output / LEASE).exists()
+        assert_no_duplicates_so_far(output, expected)
 
     # The lease taken over mid-run (by a run that then dies): this run stops writing at once.
     taker = {"run_id": "the-taker", "host": "here", "pid": dead_pid(), **this_machine()}
@@ -172,12 +168,6 @@ def test_stops_say_so_in_one_line_keep_their_work_and_a_rerun_finishes(tmp_path,
     manifest = json.loads((output / "_manifest.json").read_text())
     assert manifest["rows_embedded"] == len(expected)
     assert manifest["weights"]["digest"] == locate(str(model), True).digest != pinned["digest"]
-
-
-def dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
 
 
 def pending_block_file(root: Path, output: Path) -> Path:
