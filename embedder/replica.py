@@ -161,7 +161,10 @@ class Replica:
         if self.device == "cpu" and spec.cpu_threads:
             torch.set_num_threads(spec.cpu_threads)
         started = time.perf_counter()
-        self.model = load_model(spec, self.device, self.dtype)
+        # Found and checked once: the fp32 copy for NaN rows loads the same files.
+        self.weights = spec.locate_weights()
+        check_weights(self.weights, spec.weights_digest)
+        self.model = load_model(spec, self.weights, self.device, self.dtype)
         self.load_seconds = time.perf_counter() - started
         if spec.max_tokens:
             self.model.max_seq_length = min(spec.max_tokens, self.model.max_seq_length or 10**9)
@@ -281,7 +284,7 @@ class Replica:
                 # On the CPU, whatever the replica runs on: a second, full-size fp32 copy on
                 # the GPU would not fit where the half-precision one barely does. Rare rows,
                 # redone slowly, instead of an out-of-memory for the whole replica.
-                self.fp32_model = load_model(self.spec, "cpu", "fp32")
+                self.fp32_model = load_model(self.spec, self.weights, "cpu", "fp32")
                 self.fp32_model.max_seq_length = self.model.max_seq_length
             raw = np.array(raw, dtype=np.float32)
             if pad_multiple:  # the same shape again, so the fp32 floats are batch-invariant too
@@ -347,14 +350,11 @@ def _release_cuda_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def load_model(spec: ReplicaSpec, device: str, dtype: str):
-    """Build the SentenceTransformer from the weights the spec names, as found here (a hub
-    snapshot is fetched first), and only when they are the ones it pins (WeightsMismatch);
-    then nothing touches the hub."""
+def load_model(spec: ReplicaSpec, weights: Weights, device: str, dtype: str):
+    """Build the SentenceTransformer from the folder the weights were found in (checked by
+    the caller against the digest the spec pins); nothing touches the hub."""
     from sentence_transformers import SentenceTransformer
 
-    weights = spec.locate_weights()
-    check_weights(weights, spec.weights_digest)
     kwargs: dict[str, Any] = {
         "device": device,
         "trust_remote_code": spec.trust_remote_code,

@@ -188,10 +188,14 @@ class Folder:
         return self._filesystem()[1]
 
     @property
+    def protocols(self) -> tuple[str, ...]:
+        """The filesystem's protocol names, first the one it goes by ("file", "s3", ...)."""
+        protocol = self._filesystem()[0].protocol
+        return protocol if isinstance(protocol, tuple) else (protocol,)
+
+    @property
     def is_local(self) -> bool:
-        fs, _ = self._filesystem()
-        protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-        return "file" in protocols or "local" in protocols
+        return "file" in self.protocols or "local" in self.protocols
 
     def path(self, relpath: str = "") -> str:
         """The filesystem path of a file given relative to this folder."""
@@ -208,11 +212,9 @@ class Folder:
     def location(self) -> tuple[str, str]:
         """(storage, path) that names this folder whatever the spelling: local paths with
         links resolved, others as the filesystem's own path (bucket/key)."""
-        fs, root = self._filesystem()
-        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         if self.is_local:
-            return "file", os.path.realpath(root)
-        return protocol, root.rstrip("/")
+            return "file", os.path.realpath(self.root)
+        return self.protocols[0], self.root.rstrip("/")
 
     def inside(self, relpath: str) -> str:
         """`relpath` normalized, if it names a file inside this folder; OutputError if it
@@ -412,9 +414,7 @@ class OutputFolder(Folder):
 
     @property
     def is_s3(self) -> bool:
-        fs, _ = self._filesystem()
-        protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-        return "s3" in protocols
+        return "s3" in self.protocols
 
     def read_versioned(self, relpath: str) -> tuple[Any | None, str | None]:
         """The parsed file and its version, or (None, None) when it is not there. The version
@@ -562,10 +562,15 @@ class OutputFolder(Folder):
         or a temp file of one of them."""
         return relpath in RUN_RECORDS or is_lease_file(relpath) or self.is_job_file(relpath)
 
-    def foreign_files(self, listing: dict[str, int] | None = None) -> list[str]:
+    def foreign_files(self) -> list[str]:
         """Files in OUTPUT that this job did not write."""
-        listing = self.files() if listing is None else listing
-        return sorted(r for r in listing if not self.is_written_by_the_job(r))
+        return sorted(r for r in self.files() if not self.is_written_by_the_job(r))
+
+    def _remove_all(self, relpaths: list[str]) -> None:
+        fs = self.fs
+        for relpath in relpaths:
+            with self._writing(relpath):
+                fs.rm(self.path(relpath))
 
     def clear(self) -> list[str]:
         """Remove every file this job wrote (but the lease of the run that holds it) and the
@@ -576,10 +581,7 @@ class OutputFolder(Folder):
             for relpath in sorted(self.files())
             if self.is_written_by_the_job(relpath) and relpath != LEASE
         ]
-        fs = self.fs
-        for relpath in removed:
-            with self._writing(relpath):
-                fs.rm(self.path(relpath))
+        self._remove_all(removed)
         if self.is_local:
             for folder in {r.split("/", 1)[0] for r in removed if "/" in r}:
                 with contextlib.suppress(OSError):
@@ -648,10 +650,7 @@ class OutputFolder(Folder):
             for relpath in sorted(self.files() if listing is None else listing)
             if relpath not in keep and self.is_job_file(relpath)
         ]
-        fs = self.fs
-        for relpath in stale:
-            with self._writing(relpath):
-                fs.rm(self.path(relpath))
+        self._remove_all(stale)
         return stale
 
     def is_job_file(self, relpath: str) -> bool:

@@ -32,14 +32,19 @@ from jobs.pipeline.folders import (
     InputFolder,
     OutputError,
     OutputFolder,
-    OutputWriteError,
     check_apart,
 )
-from jobs.pipeline.lease import Lease, LeaseHeld, LeaseLost, check_free
+from jobs.pipeline.lease import Lease, LeaseHeld, check_free
 from jobs.pipeline.placement import Node, Placement, PlacementError, place_replicas
 from jobs.pipeline.reading import Columns
 from jobs.pipeline.settings import EmbedSettings, SettingsError, describe_config, load_settings
-from jobs.pipeline.stages import StageSpec, run_pipeline, unread_envelope, work_items
+from jobs.pipeline.stages import (
+    STAGE_FAILURES,
+    StageSpec,
+    run_pipeline,
+    unread_envelope,
+    work_items,
+)
 from jobs.pipeline.units import InputFile
 from registry import (
     ModelSpec,
@@ -81,8 +86,9 @@ REFUSALS = (
     LocalPathOnCluster,
     LeaseHeld,
 )
-# Failures that end a run with one line, not a traceback: what happened is all there is to say.
-FAILURES = (LeaseLost, OutputWriteError)
+# Failures that end a run with one line, not a traceback: what happened is all there is to say
+# (the same a worker reports in an envelope).
+FAILURES = tuple(STAGE_FAILURES.values())
 
 
 @dataclass(frozen=True)
