@@ -68,8 +68,10 @@ def phase(name: str, workdir: Path) -> dict:
     import pyarrow as pa
 
     from jobs.pipeline.folders import InputFolder, OutputFolder
+    from jobs.pipeline.packing import plan_blocks
     from jobs.pipeline.reading import Columns
-    from jobs.pipeline.stages import StageSpec, read_stage, work_items
+    from jobs.pipeline.stages import StageSpec, read_stage
+    from jobs.pipeline.work import ToDo, WorkItem
 
     folder = InputFolder(str(workdir / "input"))
     (input_file,) = folder.list_files()
@@ -85,14 +87,18 @@ def phase(name: str, workdir: Path) -> dict:
             fingerprint_id="0" * 16,
             dims=(384,),
         )
-        (item,) = work_items([input_file], {}, {})
-        for envelope in read_stage(pa.table({"work": [item["work"]]}), spec):
+        # The plan a run makes from the duplicate scan's row count (here: the file's lines).
+        with open(folder.path(input_file.relpath), "rb") as handle:
+            lines = sum(1 for _ in handle)
+        planned = plan_blocks([input_file], {input_file.relpath: lines}, spec.block_rows)
+        item = WorkItem(tuple(ToDo(block, "") for block in planned), {})
+        for envelope in read_stage(pa.table({"work": [item.as_row()["work"]]}), spec):
             blocks += int(bool(envelope["block_id"][0].as_py()))
             rows += envelope["rows"][0].as_py()
     elif name == "scan":
         from jobs.pipeline.duplicates import scan_group
 
-        unread, *parts = scan_group(folder, [(0, input_file)], Columns(), 2048, 4)
+        (unread, _), *parts = scan_group(folder, [(0, input_file)], Columns(), 2048, 4)
         rows = sum(len(p) for p in parts)
     return {
         "phase": name,

@@ -1,8 +1,15 @@
-"""`python -m benchmarks.scale` (`make bench-scale`): what the driver costs as the corpus grows.
+"""`python -m benchmarks.scale` (`make bench-scale`): what a run costs as the corpus grows, in
+rows and in files.
 
-For each corpus size (2M and 20M rows by default; Parquet files of 10,000 short rows, one row
-in 1,000 repeating an id of the file before) it runs, each phase in a fresh process so that the
-driver's peak RSS is that phase's own:
+The files axis (first): the same 10,000 rows (JSON Lines, 20 to 60 words each) in files of
+10,000, 2,000, 100 and 2 rows, each embedded by the job with all-MiniLM-L6-v2 on the CPU and
+then rerun with nothing left to do; then 100,000 one-row files with the tiny model below:
+dry run, run (its planning time from the manifest) and all-done rerun. Each is the job as a
+user starts it (python -m jobs.embed, its own process, a fresh local Ray).
+
+The rows axis: for each corpus size (2M and 20M rows by default; Parquet files of 10,000 short
+rows, one row in 1,000 repeating an id of the file before) it runs, each phase in a fresh
+process so that the driver's peak RSS is that phase's own:
 
   plan    the planning stages of a run, on a local Ray: list INPUT, check OUTPUT, size the
           replicas, the duplicate-id scan, list OUTPUT's committed blocks, build the work items.
@@ -11,8 +18,9 @@ driver's peak RSS is that phase's own:
           read, block, commit and write code, with random unit vectors where a model would
           have put its own (encoding 20M rows on two CPUs would take hours; nothing in a rerun
           of finished blocks reads the vectors).
-  rerun   the whole job (jobs.embed) on that OUTPUT: every block is found done and nothing is
-          encoded. Prints its seconds per million rows and the driver's peak RSS.
+  rerun   the whole job (jobs.embed) on that OUTPUT, which has no manifest: the duplicate
+          scan runs, and every block is found done from its footer; nothing is encoded.
+          Prints its seconds per million rows and the driver's peak RSS.
 
 The model is a tiny BERT (8 dims, one layer) built here from a config, with the bundled
 all-MiniLM-L6-v2's tokenizer: the replica loads, and the output stays small.
@@ -133,9 +141,9 @@ def prepared_job(workdir: Path):
 def phase_plan(workdir: Path) -> dict:
     import ray
 
-    from jobs.pipeline import duplicates
+    from jobs.pipeline import commit, duplicates
     from jobs.pipeline.job import plan_cluster
-    from jobs.pipeline.stages import work_items
+    from jobs.pipeline.work import plan_work
 
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     start = rss_kib()
@@ -147,10 +155,11 @@ def phase_plan(workdir: Path) -> dict:
         job.input, job.input_files, job.columns, job.settings.block_rows
     )
     scan_seconds = time.perf_counter() - t_scan
-    items = work_items(job.input_files, job.output.committed_files(), scan.excluded)
+    fingerprint_id = commit.fingerprint_id(job.fingerprint)
+    work = plan_work(job.input_files, scan, job.output, fingerprint_id, job.settings.block_rows)
     figures = {
         "files": len(job.input_files),
-        "work_items": len(items),
+        "work_items": len(work.items),
         "duplicates": sum(len(rows) for rows in scan.excluded.values()),
         "scan_seconds": round(scan_seconds, 2),
         "plan_seconds": round(time.perf_counter() - t0, 2),
@@ -173,26 +182,18 @@ class RandomUnitVectors:
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def fill_file(stage_spec, input_file, excluded: dict[str, str]) -> None:
-    from jobs.pipeline.blocks import read_blocks
-    from jobs.pipeline.duplicates import excluded_rows
-    from jobs.pipeline.stages import block_envelope, closing_envelope, embed_block, write_block
+def fill_item(stage_spec, work: str) -> None:
+    """One work item through the job's own read, embed and write stages, random vectors."""
+    import pyarrow as pa
+
+    from jobs.pipeline.envelopes import to_table
+    from jobs.pipeline.stages import embed_block, read_stage, write_stage
 
     replica = RandomUnitVectors(stage_spec.dims[0])
-    rejections = []
-    for block in read_blocks(
-        stage_spec.input,
-        input_file,
-        stage_spec.columns,
-        stage_spec.block_rows,
-        excluded_rows(excluded),
-    ):
-        rejections += block.rejections
-        if block.rows.num_rows:
-            write_block(
-                embed_block(block_envelope(block, [], stage_spec), replica, stage_spec), stage_spec
-            )
-    closing_envelope(input_file, rejections, None, stage_spec)
+    for table in read_stage(pa.table({"work": [work]}), stage_spec):
+        for item in table.to_pylist():
+            if item["block"]:
+                write_stage(to_table([embed_block(item, replica, stage_spec)]), stage_spec)
 
 
 def phase_fill(workdir: Path) -> dict:
@@ -201,6 +202,7 @@ def phase_fill(workdir: Path) -> dict:
     from jobs.pipeline import commit, duplicates
     from jobs.pipeline.job import replica_spec_for, resolve, stage_spec_for, with_resolved
     from jobs.pipeline.placement import Node, place_replicas
+    from jobs.pipeline.work import plan_work
 
     job = prepared_job(workdir)
     # The fingerprint a run on this machine resolves (its precision, the weights' digest).
@@ -212,9 +214,11 @@ def phase_fill(workdir: Path) -> dict:
     )
     ray.shutdown()
     stage_spec = stage_spec_for(job, None)
-    work = [(stage_spec, f, scan.excluded.get(f.relpath, {})) for f in job.input_files]
+    work = plan_work(
+        job.input_files, scan, job.output, stage_spec.fingerprint_id, job.settings.block_rows
+    )
     with Pool(2) as pool:
-        pool.starmap(fill_file, work, chunksize=4)
+        pool.starmap(fill_item, [(stage_spec, i.as_row()["work"]) for i in work.items], 4)
     return {}
 
 
@@ -250,6 +254,114 @@ def run_phase(name: str, workdir: Path) -> dict:
     subprocess.run(command, env=env, stdout=subprocess.DEVNULL, check=True)
     # A file, not stdout: Ray forwards its workers' output to the driver's.
     return json.loads((workdir / f"{name}.json").read_text())
+
+
+# -- the files axis: the same rows in files of every size ---------------------------------
+
+FILES_AXIS_ROWS = 10_000
+ROWS_PER_FILE_AXIS = (10_000, 2_000, 100, 2)  # 1, 5, 100 and 5,000 files
+BASELINE_ROWS_PER_FILE = 2_000  # the 5-file layout the others are compared with
+ONE_ROW_FILES = 100_000
+
+
+def corpus_row(row: int) -> dict:
+    """Row `row` of the files axis's corpus: the same id and text whatever the layout."""
+    rng = np.random.default_rng(row)
+    words = rng.integers(0, len(WORDS), size=int(rng.integers(20, 60)))
+    return {"id": f"r{row}", "text": f"chunk {row}: " + " ".join(WORDS[w] for w in words)}
+
+
+def write_layout(folder: Path, rows: int, rows_per_file: int) -> int:
+    """`rows` rows in JSON Lines files of `rows_per_file` rows; returns the number of files."""
+    (folder / "docs").mkdir(parents=True, exist_ok=True)
+    files = -(-rows // rows_per_file)
+    for number in range(files):
+        first = number * rows_per_file
+        lines = [
+            json.dumps(corpus_row(r)) + "\n" for r in range(first, min(rows, first + rows_per_file))
+        ]
+        (folder / "docs" / f"doc-{number:06d}.jsonl").write_text("".join(lines))
+    return files
+
+
+def timed_job(args: list[str], log: Path) -> dict:
+    """The job as a user runs it, in its own process: wall seconds, exit code, manifest."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env.pop("RAY_ADDRESS", None)
+    t0 = time.perf_counter()
+    with log.open("a") as handle:
+        done = subprocess.run(
+            [sys.executable, "-m", "jobs.embed", *args], env=env, stdout=handle, stderr=handle
+        )
+    figures = {"seconds": round(time.perf_counter() - t0, 1), "exit_code": done.returncode}
+    if "--dry-run" not in args:
+        manifest = json.loads((Path(args[1]) / "_manifest.json").read_text())
+        figures |= {
+            "rows_embedded": manifest["rows_embedded"],
+            "rows_skipped": manifest["rows_skipped"],
+            "output_files": sum(c["files"] for c in manifest["collections"].values()),
+            "preparation_seconds": manifest["timings"]["preparation_seconds"],
+        }
+    return figures
+
+
+def measure_layout(root: Path, rows_per_file: int) -> dict:
+    """Embed FILES_AXIS_ROWS rows with all-MiniLM-L6-v2 in files of `rows_per_file` rows,
+    then rerun with nothing left to do."""
+    workdir = root / f"per-file-{rows_per_file}"
+    files = write_layout(workdir / "input", FILES_AXIS_ROWS, rows_per_file)
+    args = [str(workdir / "input"), str(workdir / "output"), "all-miniLM-l6", "--device", "cpu"]
+    run = timed_job(args, workdir / "job.log")
+    rerun = timed_job(args, workdir / "job.log")
+    result = {"rows_per_file": rows_per_file, "files": files, "run": run, "rerun": rerun}
+    print(f"[files axis] {result}", flush=True)
+    shutil.rmtree(workdir)
+    return result
+
+
+def measure_one_row_files(root: Path) -> dict:
+    """ONE_ROW_FILES files of one row each (the tiny model): dry run, run, all-done rerun."""
+    workdir = root / "one-row-files"
+    workdir.mkdir(exist_ok=True)
+    shutil.copy(root / "models.toml", workdir / "models.toml")
+    files = write_layout(workdir / "input", ONE_ROW_FILES, 1)
+    args = job_args(workdir)
+    result = {
+        "files": files,
+        "dry_run": timed_job([*args, "--dry-run"], workdir / "job.log"),
+        "run": timed_job(args, workdir / "job.log"),
+        "rerun": timed_job(args, workdir / "job.log"),
+    }
+    print(f"[one-row files] {result}", flush=True)
+    shutil.rmtree(workdir)
+    return result
+
+
+def files_report(layouts: list[dict], one_row: dict) -> str:
+    base = next(r for r in layouts if r["rows_per_file"] == BASELINE_ROWS_PER_FILE)
+    lines = [
+        f"\n{FILES_AXIS_ROWS:,} rows, all-MiniLM-L6-v2 on the CPU, JSON Lines:\n",
+        "| rows per file | input files | output files | run | vs 5 files | all-done rerun "
+        "| vs 5 files |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in layouts:
+        run, rerun = r["run"], r["rerun"]
+        lines.append(
+            f"| {r['rows_per_file']:,} | {r['files']:,} | {run['output_files']:,} "
+            f"| {run['seconds']:.0f} s (exit {run['exit_code']}) "
+            f"| {run['seconds'] / base['run']['seconds']:.2f}x "
+            f"| {rerun['seconds']:.1f} s ({rerun['rows_embedded']} embedded) "
+            f"| {rerun['seconds'] / base['rerun']['seconds']:.2f}x |"
+        )
+    run, rerun, dry = one_row["run"], one_row["rerun"], one_row["dry_run"]
+    lines.append(
+        f"\n{one_row['files']:,} one-row files (tiny model): dry run {dry['seconds']:.0f} s; "
+        f"run {run['seconds']:.0f} s (planning {run['preparation_seconds']:.0f} s, "
+        f"{run['output_files']} output files, exit {run['exit_code']}); all-done rerun "
+        f"{rerun['seconds']:.1f} s ({rerun['rows_embedded']} embedded, exit {rerun['exit_code']})"
+    )
+    return "\n".join(lines)
 
 
 # -- the report -----------------------------------------------------------------------------
@@ -299,7 +411,10 @@ def report(results: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[2_000_000, 20_000_000])
+    parser.add_argument("--rows", type=int, nargs="*", default=[2_000_000, 20_000_000])
+    parser.add_argument(
+        "--no-files-axis", action="store_true", help="only the rows axis (no small files)"
+    )
     parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -307,12 +422,25 @@ def main() -> None:
         figures = PHASES[args.phase](args.workdir)
         (args.workdir / f"{args.phase}.json").write_text(json.dumps(figures))
         return
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs", flush=True)
+    print(f"{cpu_name()}, {os.cpu_count()} CPUs", flush=True)
     with tempfile.TemporaryDirectory(prefix="embed-scale-") as tmp:
         root = Path(tmp)
         build_tiny_model(root)
+        if not args.no_files_axis:
+            layouts = [measure_layout(root, n) for n in ROWS_PER_FILE_AXIS]
+            one_row = measure_one_row_files(root)
+            print(files_report(layouts, one_row), flush=True)
         results = [measure(rows, root) for rows in args.rows]
-    print(report(results))
+    if results:
+        print(report(results))
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

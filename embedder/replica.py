@@ -354,7 +354,10 @@ def load_model(spec: ReplicaSpec, weights: Weights, device: str, dtype: str):
     """Build the SentenceTransformer from the folder the weights were found in (checked by
     the caller against the digest the spec pins); nothing touches the hub."""
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
 
+    # A "Loading weights" bar per replica load says nothing in a batch job's log.
+    transformers_logging.disable_progress_bar()
     kwargs: dict[str, Any] = {
         "device": device,
         "trust_remote_code": spec.trust_remote_code,

@@ -216,17 +216,16 @@ def test_a_file_cut_short_hands_on_the_blocks_before_the_cut(tmp_path):
     assert cut.row == 20 and cut.reason.startswith("file unreadable from row 20 on")
 
 
-def test_a_blocks_content_hash_does_not_depend_on_the_rows_after_it(tmp_path):
-    from jobs.pipeline.commit import content_hash
+def test_a_packed_block_does_not_carry_the_rows_after_it(tmp_path):
     from jobs.pipeline.envelopes import pack
 
-    hashes = []
+    packed = []
     for last in ("w", "an edit in the next block"):
-        path = tmp_path / f"{len(hashes)}.jsonl"
+        path = tmp_path / f"{len(packed)}.jsonl"
         write_jsonl(path, [{"id": str(i), "text": t} for i, t in enumerate(["x", "y", "z", last])])
-        blocks = blocks_of(path, f"docs/{len(hashes)}/a.jsonl", block_rows=2)
-        hashes.append(content_hash(pack(blocks[0].rows)))
-    assert hashes[0] == hashes[1]
+        blocks = blocks_of(path, f"docs/{len(packed)}/a.jsonl", block_rows=2)
+        packed.append(pack(blocks[0].rows))
+    assert packed[0] == packed[1]
 
 
 def test_a_block_whose_every_row_is_rejected_has_the_columns_of_any_other(tmp_path):
@@ -373,3 +372,31 @@ def test_every_metadata_column_gets_an_output_name_of_its_own():
     assert len(set(renamed)) == len(renamed)
     written = {"id", "text", "embedding_384", "embedding_384_int8"}
     assert not written & set(renamed)
+
+
+def test_a_pack_keeps_each_collections_metadata_types_and_every_files_rows(tmp_path):
+    from jobs.pipeline.blocks import read_planned
+    from jobs.pipeline.packing import plan_blocks
+
+    root = tmp_path / "in"
+    write_jsonl(root / "docs" / "a.jsonl", [{"id": "a", "text": "x", "page": 1}])
+    write_jsonl(root / "docs" / "b.jsonl", [{"id": "b", "text": "y", "page": 2, "lang": "en"}])
+    # Routed to faq, where `page` is text: docs keeps its integers.
+    routed = [{"id": "c", "text": "z", "page": "p3", "collection": "faq"}, {"text": ""}]
+    write_jsonl(root / "docs" / "c.jsonl", routed)
+    # `page` a list in a file of the same collection: that collection's page is JSON text.
+    write_jsonl(root / "notes" / "d.jsonl", [{"id": "d", "text": "w", "page": 4}])
+    write_jsonl(root / "notes" / "e.jsonl", [{"id": "e", "text": "v", "page": [5]}])
+    folder = InputFolder(str(root))
+    files = folder.list_files()
+    planned = plan_blocks(files, {f.relpath: 2 for f in files}, block_rows=1000)
+    assert [len(b.segments) for b in planned] == [3, 2]  # one pack per collection folder
+    blocks = [block for _, block in read_planned(folder, planned, Columns(), 1000, {})]
+    parts = {p.column("collection")[0].as_py(): p for b in blocks for p in b.collection_parts()}
+    assert parts["docs"].column("page").to_pylist() == [1, 2]
+    assert parts["docs"].column("lang").to_pylist() == [None, "en"]
+    assert parts["faq"].column("page").to_pylist() == ["p3"]
+    assert parts["notes"].column("page").to_pylist() == ["4", "[5]"]
+    (rejection,) = blocks[0].rejections
+    assert (rejection.file, rejection.row) == ("docs/c.jsonl", 1)
+    assert blocks[0].rows.column("id").to_pylist() == ["a", "b", "c"]

@@ -42,7 +42,8 @@ ROWS_PER_FILE = 150
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """40 files of 150 short rows: long enough to lose a node in the middle of the run."""
+    """40 files of 150 short rows, a block each (--block-rows 150): long enough to lose a node
+    in the middle of the run."""
     root = tmp_path_factory.mktemp("cluster-corpus")
     lines = [p.splitlines()[0][:120] for p in real_texts(400)]
     expected = {}
@@ -63,7 +64,8 @@ def cluster_env(cluster) -> dict[str, str]:
 def test_one_replica_per_worker_gpu_and_the_manifest_names_their_nodes(cluster, corpus, tmp_path):
     root, expected = corpus
     output = tmp_path / "out"
-    args = [str(root), str(output), "all-miniLM-l6", "--device", "cpu", "--shared-filesystem"]
+    args = [str(root), str(output), "all-miniLM-l6", "--device", "cpu", "--shared-filesystem",
+            "--block-rows", str(ROWS_PER_FILE)]  # fmt: skip
     result = run_job_cli(args, env=cluster_env(cluster))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "3 node(s)" in result.stderr
@@ -94,7 +96,8 @@ def test_a_worker_node_lost_mid_run(cluster, corpus, tmp_path, bare_model):
     names each replica's node, marks the lost one, and its per-replica rows add up."""
     root, expected = corpus
     output = tmp_path / "out"
-    args = [str(root), str(output), "all-miniLM-l6", "--device", "cpu", "--shared-filesystem"]
+    args = [str(root), str(output), "all-miniLM-l6", "--device", "cpu", "--shared-filesystem",
+            "--block-rows", str(ROWS_PER_FILE)]  # fmt: skip
     job = subprocess.Popen(
         [sys.executable, "-m", "jobs.embed", *args],
         cwd=REPO, env=cluster_env(cluster), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -12,12 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from embedder import Replica, ReplicaSpec
-from jobs.pipeline import commit
+from jobs.pipeline import commit, duplicates
 from jobs.pipeline.envelopes import to_table
 from jobs.pipeline.folders import FINGERPRINT, InputFolder, OutputFolder
 from jobs.pipeline.manifest import Tally
 from jobs.pipeline.reading import Columns
-from jobs.pipeline.stages import StageSpec, embed_block, read_stage, work_items, write_stage
+from jobs.pipeline.stages import StageSpec, embed_block, read_stage, write_stage
+from jobs.pipeline.work import plan_work
 from tests.conftest import reference_vectors, write_jsonl
 
 FINGERPRINT_A = {"hf_id": "sentence-transformers/all-MiniLM-L6-v2", "dim": 384}
@@ -51,12 +52,18 @@ def stage_spec(tmp_path, fingerprint=FINGERPRINT_A) -> StageSpec:
 
 
 def run_here(spec: StageSpec, replica: Replica, excluded=None) -> Tally:
-    """One run of the stages in this process, then the stale-file sweep, as a run does."""
+    """One run in this process, as a run does it: the duplicate scan (its decisions replaced
+    by `excluded` when given), the plan, the stages, then the stale-file sweep."""
     input_files = spec.input.list_files()
-    items = work_items(input_files, spec.output.committed_files(), excluded or {})
-    results = []
-    for item in items:
-        for table in read_stage(pa.table({"work": [item["work"]]}), spec):
+    scan = duplicates.find_corpus_duplicates(
+        spec.input, input_files, spec.columns, spec.block_rows, duplicates.scan_here
+    )
+    if excluded is not None:
+        scan.excluded = excluded
+    work = plan_work(input_files, scan, spec.output, spec.fingerprint_id, spec.block_rows)
+    results = list(work.done)
+    for item in work.items:
+        for table in read_stage(pa.table({"work": [item.as_row()["work"]]}), spec):
             for envelope in table.to_pylist():
                 if envelope["block"]:
                     envelope = embed_block(envelope, replica, spec)
@@ -64,6 +71,10 @@ def run_here(spec: StageSpec, replica: Replica, excluded=None) -> Tally:
     tally = Tally.of(results)
     spec.output.remove_stale(tally.current_files())
     return tally
+
+
+def footer_of(output: OutputFolder, relpath: str) -> dict[bytes, bytes]:
+    return pq.read_metadata(output.path(relpath)).metadata
 
 
 def output_rows(output: OutputFolder) -> dict[str, dict]:
@@ -126,7 +137,7 @@ def test_first_run_writes_every_block_and_a_rerun_skips_them_all(tmp_path, repli
     np.testing.assert_allclose(
         vectors, reference_vectors(bare_model, ["alpha 0", "beta 3"], 384), atol=1e-5
     )
-    footer = commit.read_footer(spec.output, rows["a0"]["relpath"])
+    footer = footer_of(spec.output, rows["a0"]["relpath"])
     assert footer[commit.FOOTER_FINGERPRINT] == spec.fingerprint_id.encode()
     mtimes = {p: (tmp_path / "out" / p).stat().st_mtime_ns for p in spec.output.files()}
 
@@ -229,11 +240,17 @@ def test_reusable_vectors_ignore_files_of_another_fingerprint(tmp_path, replica)
     make_input(tmp_path / "in")
     spec = stage_spec(tmp_path)
     run_here(spec, replica)
-    files = spec.output.committed_files()[spec.input.list_files()[0].path_hash]
+    path_hash = spec.input.list_files()[0].path_hash
+    files = [
+        f
+        for block, found in spec.output.committed_files().items()
+        for f in found
+        if block.path_hash == path_hash
+    ]
     mine = commit.reusable_vectors(files, spec.fingerprint_id, "embedding", spec.output)
     assert mine.num_rows == 7 and mine.column("embedding").type == pa.list_(pa.float32(), 384)
     assert commit.reusable_vectors(files, "0" * 16, "embedding", spec.output) is None
-    keys = json.loads(commit.read_footer(spec.output, files[0].relpath)[commit.FOOTER_ROW_KEYS])
+    keys = json.loads(footer_of(spec.output, files[0].relpath)[commit.FOOTER_ROW_KEYS])
     assert keys == commit.row_keys(["a0", "a1", "a2"], ["alpha 0", "alpha 1", "alpha 2"])
 
 
@@ -287,3 +304,49 @@ def test_a_corrupt_file_is_set_aside_whole_and_counted_as_a_file(tmp_path, repli
     (cut,) = tally.cut_files
     assert (cut["file"], cut["from_row"]) == ("docs/c.jsonl.gz", 0)
     assert cut["reason"].startswith("unreadable file")
+
+
+# -- small files, packed ---------------------------------------------------------------------
+
+
+def make_small_files(root, count: int = 40) -> dict[str, str]:
+    """`count` files of two rows each, one file per document: id -> text."""
+    expected = {}
+    for f in range(count):
+        records = [{"id": f"d{f}-{r}", "text": f"document {f}, chunk {r}"} for r in range(2)]
+        write_jsonl(root / "docs" / f"d{f:03d}.jsonl", records)
+        expected.update({r["id"]: r["text"] for r in records})
+    return expected
+
+
+def test_small_files_share_blocks_and_an_edit_or_removal_touches_only_its_rows(
+    tmp_path, replica, bare_model
+):
+    expected = make_small_files(tmp_path / "in")
+    spec = StageSpec(**{**stage_spec(tmp_path).__dict__, "block_rows": 16})
+    first = run_here(spec, replica)
+    assert (first.rows, first.embedded) == (80, 80)
+    assert 2 <= first.files_written <= 8  # 40 input files, about 16 rows per output file
+    assert {i: r["text"] for i, r in output_rows(spec.output).items()} == expected
+
+    # One row of one file edited: only that row is encoded; its pack alone is rewritten.
+    edited = [{"id": "d17-0", "text": "document 17, chunk 0"}, {"id": "d17-1", "text": "edited"}]
+    write_jsonl(tmp_path / "in" / "docs" / "d017.jsonl", edited)
+    again = run_here(spec, replica)
+    assert (again.embedded, again.files_written) == (1, 1)
+    assert again.reused + again.embedded + again.skipped == 80 and again.reused >= 1
+    rows = output_rows(spec.output)
+    np.testing.assert_allclose(
+        rows["d17-1"]["embedding"], reference_vectors(bare_model, ["edited"], 384)[0], atol=1e-5
+    )
+
+    # A file touched but unchanged: its pack is read again and found done; nothing written.
+    (tmp_path / "in" / "docs" / "d005.jsonl").touch()
+    touched = run_here(spec, replica)
+    assert (touched.embedded, touched.reused, touched.files_written) == (0, 0, 0)
+
+    # One file removed: its two rows leave OUTPUT, nothing is encoded, the rest stays.
+    (tmp_path / "in" / "docs" / "d023.jsonl").unlink()
+    removed = run_here(spec, replica)
+    assert removed.embedded == 0 and removed.files_written <= 2
+    assert set(output_rows(spec.output)) == set(expected) - {"d23-0", "d23-1"}

@@ -63,8 +63,8 @@ def random_corpus(root, files: int = 12, rows: int = 40, pool: int = 150) -> Inp
 def test_each_sighting_lands_in_the_one_partition_its_hash_names(tmp_path):
     folder = random_corpus(tmp_path)
     indexed = list(enumerate(folder.list_files()))
-    unread, *parts = scan_group(folder, indexed, Columns(), 16, partitions=5)
-    assert unread == {} and len(parts) == 5
+    (unread, sizes), *parts = scan_group(folder, indexed, Columns(), 16, partitions=5)
+    assert unread == {} and len(parts) == 5 and len(sizes) == len(indexed)
     assert sum(len(p) for p in parts) == 12 * 40
     for number, part in enumerate(parts):
         assert len(part) and set((part["hash"] % 5).tolist()) == {number}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import pyarrow as pa
@@ -82,7 +83,7 @@ def test_atomic_writes_leave_no_temp_file_and_replace_the_old_content(tmp_path):
     assert output.files().keys() == {relpath}
 
 
-def test_committed_files_are_grouped_by_input_file(tmp_path):
+def test_committed_files_are_grouped_by_block(tmp_path):
     output = OutputFolder(str(tmp_path))
     a, b = InputFile("a.jsonl", "docs", "jsonl"), InputFile("b.jsonl", "docs", "jsonl")
     for collection, block_id in (
@@ -94,21 +95,21 @@ def test_committed_files_are_grouped_by_input_file(tmp_path):
         output.write_bytes(OutputFolder.block_file(collection, block_id), b"x")  # fmt: skip
     output.write_json("_manifest.json", {})
     committed = output.committed_files()
-    assert set(committed) == {a.path_hash, b.path_hash}
-    assert sorted((c.collection, c.block_id.first_row) for c in committed[a.path_hash]) == [
-        ("docs", 0),
-        ("docs", 10),
-        ("faq", 0),
+    assert set(committed) == {a.block_of(0, 10), a.block_of(10, 10), b.block_of(0, 10)}
+    assert sorted(c.collection for c in committed[a.block_of(0, 10)]) == ["docs", "faq"]
+    assert [c.relpath for c in committed[b.block_of(0, 10)]] == [
+        OutputFolder.block_file("docs", b.block_of(0, 10))
     ]
 
 
 def test_rejections_round_trip_and_a_retry_overwrites(tmp_path):
     output = OutputFolder(str(tmp_path / "out"))
-    input_file = InputFile("docs/a.jsonl", "docs", "jsonl")
+    block_id = InputFile("docs/a.jsonl", "docs", "jsonl").block_of(0, 10)
     records = [{"file": "docs/a.jsonl", "row": 0, "reason": "malformed JSON", "raw": "nope\n"}]
-    relpath = output.write_rejections(input_file, records)
-    assert output.write_rejections(input_file, records) == relpath
-    assert relpath == f"_rejected/{input_file.path_hash}-docs_a.jsonl.jsonl"
+    lines = "".join(json.dumps(r) + "\n" for r in records).encode()
+    relpath = output.write_rejections(block_id, lines)
+    assert output.write_rejections(block_id, lines) == relpath
+    assert relpath == f"_rejected/part-{block_id}.jsonl"
     assert list(output.read_rejections()) == records
 
 

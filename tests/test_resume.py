@@ -127,10 +127,24 @@ def corpus(tmp_path_factory):
     return root, make_corpus(root)
 
 
-def test_killed_at_any_point_then_rerun_gives_every_row_exactly_once(corpus, tmp_path):
+def planned_blocks(root: Path, block_rows: int) -> int:
+    """How many blocks (each one output file: no row routes elsewhere) the job plans."""
+    from jobs.pipeline.folders import InputFolder
+    from jobs.pipeline.packing import plan_blocks
+
+    files = InputFolder(str(root)).list_files()
+    return len(plan_blocks(files, {f.relpath: ROWS_PER_FILE for f in files}, block_rows))
+
+
+# Files of 30 rows each a block of its own (30 rows), or many small files packed several
+# to a block (64 rows).
+@pytest.mark.parametrize("block_rows", [30, 64], ids=["own-blocks", "packed"])
+def test_killed_at_any_point_then_rerun_gives_every_row_exactly_once(corpus, tmp_path, block_rows):
     root, expected = corpus
     output = tmp_path / "out"
-    args = [str(root), str(output), "all-miniLM-l6"]
+    args = [str(root), str(output), "all-miniLM-l6", "--block-rows", str(block_rows)]
+    blocks = planned_blocks(root, block_rows)
+    assert blocks > 8 and (block_rows > ROWS_PER_FILE) == (blocks < FILES)
 
     # Early: right after the first block is committed.
     kill_when(args, lambda: len(part_files(output)) >= 1)
@@ -139,14 +153,14 @@ def test_killed_at_any_point_then_rerun_gives_every_row_exactly_once(corpus, tmp
     assert 0 < early < len(expected)
 
     # Middle: the rerun resumes and is killed again half way.
-    kill_when(args, lambda: len(part_files(output)) >= FILES // 2)
+    kill_when(args, lambda: len(part_files(output)) >= blocks // 2)
     assert_no_duplicates_so_far(output, expected)
     middle = len(output_ids(output))
     assert early < middle < len(expected)
 
     # At the manifest: every block is committed, the manifest not yet written.
     manifest = output / "_manifest.json"
-    kill_when(args, lambda: len(part_files(output)) >= FILES and not manifest.exists())
+    kill_when(args, lambda: len(part_files(output)) >= blocks and not manifest.exists())
     assert not manifest.exists()
     assert_exactly_once(output, expected)
 
@@ -204,12 +218,12 @@ def test_rerun_of_a_finished_job_embeds_nothing_and_an_edit_embeds_one_row(
     assert_exactly_once(output, expected)
     changed = [p for p in part_files(output) if p.stat().st_mtime_ns != mtimes.get(p)]
     assert len(changed) == 1  # only the edited block's file was rewritten
-    table = pq.read_table(changed[0])
-    row = table.to_pylist()[7]
-    assert (row["id"], row["text"]) == ("f4-r7", record["text"])
+    rows = {row["id"]: row for row in pq.read_table(changed[0]).to_pylist()}
+    row = rows["f4-r7"]  # its file shares a block with others of its collection
+    assert row["text"] == record["text"]
     reference = reference_vectors(bare_model, [record["text"]], 384)[0]
     assert float(np.dot(row["embedding"], reference)) >= 0.9999
-    unchanged = table.to_pylist()[6]
+    unchanged = rows["f4-r6"]
     reference = reference_vectors(bare_model, [unchanged["text"]], 384)[0]
     assert float(np.dot(unchanged["embedding"], reference)) >= 0.9999
 
@@ -225,7 +239,17 @@ def test_a_replica_killed_mid_run_is_restarted_and_nothing_is_doubled(corpus, tm
     root, expected = corpus
     output = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jobs.embed", str(root), str(output), "all-miniLM-l6"],
+        # A block per file (30 rows): work left when a replica dies after the third.
+        [
+            sys.executable,
+            "-m",
+            "jobs.embed",
+            str(root),
+            str(output),
+            "all-miniLM-l6",
+            "--block-rows",
+            "30",
+        ],  # fmt: skip
         cwd=REPO,
         env=job_env(),
         stdout=subprocess.DEVNULL,

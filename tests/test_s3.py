@@ -74,7 +74,8 @@ def s3_part_count(fs, prefix: str) -> int:
 def test_kill_and_resume_on_s3_and_no_secret_anywhere(s3, s3_corpus):
     fs = s3["fs"]
     env = job_env(**s3["env"])
-    args = ["s3://corpus/in", "s3://vectors/run1", "all-miniLM-l6"]
+    # 44 files of 30 rows packed into about 26 blocks of ~64 rows.
+    args = ["s3://corpus/in", "s3://vectors/run1", "all-miniLM-l6", "--block-rows", "64"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobs.embed", *args],
         cwd=REPO,
@@ -105,7 +106,10 @@ def test_kill_and_resume_on_s3_and_no_secret_anywhere(s3, s3_corpus):
     manifest = json.loads(manifest_text)
     assert 0 < manifest["rows_embedded"] < len(s3_corpus)
     assert manifest["rows_in_output"] == len(s3_corpus)
-    everything = result.stdout + result.stderr + manifest_text
+    # Nothing left: decided from the two listings (ETags on S3) and the manifest.
+    again = run_job_cli(args, env=env)
+    assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr[-3000:]
+    everything = result.stdout + result.stderr + again.stderr + manifest_text
     everything += fs.cat("vectors/run1/_fingerprint.json").decode()
     assert SECRET not in everything and KEY_ID not in everything
 

@@ -1,8 +1,9 @@
-"""An input file as blocks, and what each block needs: shared by the pipeline and the dry run.
+"""Input files as blocks: shared by the pipeline, the duplicate scan and the dry run.
 
-`read_blocks` reads, validates and cuts a file into blocks, each with the rejections of its own
-rows, so that whoever stops reading early loses nothing it did not ask for. `block_status` says
-whether OUTPUT already holds a block done (jobs.pipeline.commit decides).
+`read_blocks` reads, validates and cuts one file into blocks of `block_rows` source rows, each
+with the rejections of its own rows, so that whoever stops reading early loses nothing it did
+not ask for. `read_planned` reads the blocks of a plan (jobs.pipeline.packing): a big file's
+own blocks, or a pack of small files made one block.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from functools import cached_property
 import numpy as np
 import pyarrow as pa
 
-from jobs.pipeline import commit
-from jobs.pipeline.envelopes import pack
-from jobs.pipeline.folders import CommittedFile, InputFolder, OutputFolder
-from jobs.pipeline.reading import ROW, Columns, read_rows
+from jobs.pipeline.folders import InputFolder
+from jobs.pipeline.packing import PlannedBlock
+from jobs.pipeline.reading import ROW, UNHOLDABLE, Columns, json_text_column, read_rows
 from jobs.pipeline.rejections import Rejection, unreadable
 from jobs.pipeline.units import BlockId, InputFile
 from jobs.pipeline.validation import validate
@@ -43,6 +43,11 @@ class Block:
     rejections: list[Rejection] = field(default_factory=list)
     # Set on the last block of a file that could not be decoded from this row on.
     cut_at: int | None = None
+    # Of a planned block: each file cut short in it, (file, from row, reason).
+    cuts: list[tuple[str, int, str]] = field(default_factory=list)
+    # Of a planned block: its rows as one table per collection (each an output file), each
+    # with the metadata types of its own rows (`rows` then holds the checked columns only).
+    parts: list[pa.Table] | None = None
 
     @cached_property
     def rows_by_collection(self) -> dict[str, list[int]]:
@@ -52,6 +57,12 @@ class Block:
         """Rows per collection, in order of first appearance."""
         return {name: len(rows) for name, rows in self.rows_by_collection.items()}
 
+    def collection_parts(self) -> list[pa.Table]:
+        """The rows as one table per collection: what each output file will hold."""
+        if self.parts is not None:
+            return self.parts
+        return [self.rows.take(pa.array(rows)) for rows in self.rows_by_collection.values()]
+
 
 def rows_per_collection(rows: pa.Table) -> dict[str, list[int]]:
     """Row positions per collection, in order (a `collection` column can route rows apart)."""
@@ -59,14 +70,6 @@ def rows_per_collection(rows: pa.Table) -> dict[str, list[int]]:
     for position, collection in enumerate(rows.column("collection").to_pylist()):
         groups.setdefault(collection, []).append(position)
     return groups
-
-
-def committed_by_block(files: list[CommittedFile]) -> dict[BlockId, list[CommittedFile]]:
-    """An input file's committed output files, by the block each belongs to."""
-    by_block: dict[BlockId, list[CommittedFile]] = {}
-    for entry in files:
-        by_block.setdefault(entry.block_id, []).append(entry)
-    return by_block
 
 
 def read_blocks(
@@ -150,24 +153,92 @@ def compact(table: pa.Table) -> pa.Table:
     return table.take(pa.array(range(table.num_rows), pa.int64()))
 
 
-@dataclass(frozen=True)
-class BlockStatus:
-    """Whether OUTPUT holds a block done, the content hash its files must carry, and its rows
-    packed (hashed, and sent on as they are when the block is to be embedded)."""
+def read_planned(
+    folder: InputFolder,
+    planned: list[PlannedBlock],
+    columns: Columns,
+    block_rows: int,
+    excluded: dict[str, dict[int, str]],
+) -> Iterator[tuple[PlannedBlock, Block]]:
+    """Each planned block, read: its segments' rows (one table, metadata types reconciled
+    across files) and rejections, as soon as its last segment is read. Each file is read once,
+    and only as far as the last block wanted of it. StorageReadError when a file cannot be
+    read (the caller decides what the blocks not yet handed on become)."""
+    # Per file (in the plan's order), each wanted segment's first row and its block.
+    wanted: dict[str, dict[int, PlannedBlock]] = {}
+    files: dict[str, InputFile] = {}
+    for block in planned:
+        for segment in block.segments:
+            wanted.setdefault(segment.file.relpath, {})[segment.first_row] = block
+            files.setdefault(segment.file.relpath, segment.file)
+    read: dict[BlockId, list[Block]] = {block.id: [] for block in planned}
+    missing = {block.id: len(block.segments) for block in planned}
 
-    content_hash: str
-    done: bool
-    packed: bytes
+    def segment_read(owner: PlannedBlock) -> Iterator[tuple[PlannedBlock, Block]]:
+        missing[owner.id] -= 1
+        if not missing[owner.id]:
+            yield owner, assemble(owner, read.pop(owner.id))
+
+    for relpath, input_file in files.items():
+        mine = wanted[relpath]
+        pending = sorted(mine, reverse=True)  # first rows still to see, the next one last
+        for block in read_blocks(folder, input_file, columns, block_rows, excluded.get(relpath)):
+            # A segment the reader went past without a row found (blank lines) is read.
+            while pending and pending[-1] < block.id.first_row:
+                yield from segment_read(mine[pending.pop()])
+            if pending and pending[-1] == block.id.first_row:
+                read[mine[pending[-1]].id].append(block)
+                yield from segment_read(mine[pending.pop()])
+            if not pending:
+                break
+        for first in reversed(pending):
+            yield from segment_read(mine[first])
 
 
-def block_status(
-    block: Block, committed: list[CommittedFile], fingerprint_id: str, output: OutputFolder
-) -> BlockStatus:
-    """Done when all the block's files are there, made by this fingerprint from this content."""
-    packed = pack(block.rows)
-    content_hash = commit.content_hash(packed)
-    parts = len(block.rows_by_collection)
-    done = bool(committed) and commit.is_block_done(
-        committed, fingerprint_id, content_hash, parts, output
-    )
-    return BlockStatus(content_hash, done, packed)
+def assemble(planned: PlannedBlock, read: list[Block]) -> Block:
+    """One block of the rows and rejections its segments gave: its rows gathered per
+    collection, so that a metadata key typed differently in another collection keeps its type
+    in this one."""
+    rejections = [r for part in read for r in part.rejections]
+    cuts = [
+        (part.rejections[-1].file, part.cut_at, part.rejections[-1].reason)
+        for part in read
+        if part.cut_at is not None
+    ]
+    by_collection: dict[str, list[pa.Table]] = {}
+    for part in read:
+        for table in part.collection_parts():
+            by_collection.setdefault(table.column("collection")[0].as_py(), []).append(table)
+    parts = [concat_rows(tables) for tables in by_collection.values()]
+    checked = [part.select(NO_ROWS.column_names) for part in parts]
+    rows = pa.concat_tables(checked) if checked else NO_ROWS
+    return Block(planned.id, rows, rejections, cuts=cuts, parts=parts)
+
+
+def concat_rows(tables: list[pa.Table]) -> pa.Table:
+    """The rows of several files (of one collection) as one table. A metadata key missing
+    from a file is null there; one whose values have other types in other files becomes JSON
+    text, as it does within a file (jobs.pipeline.reading.metadata_column)."""
+    if len(tables) == 1:
+        return tables[0]
+    try:
+        return compact(pa.concat_tables(tables, promote_options="permissive"))
+    except UNHOLDABLE:
+        pass
+    types: dict[str, set[pa.DataType]] = {}
+    for table in tables:
+        for name, column in zip(table.column_names, table.columns):
+            if not pa.types.is_null(column.type):
+                types.setdefault(name, set()).add(column.type)
+    mixed = [name for name, found in types.items() if len(found) > 1]
+    tables = [as_json_text(table, mixed) for table in tables]
+    return compact(pa.concat_tables(tables, promote_options="permissive"))
+
+
+def as_json_text(table: pa.Table, names: list[str]) -> pa.Table:
+    for name in names:
+        if name in table.column_names:
+            index = table.column_names.index(name)
+            text = json_text_column(table.column(name).to_pylist())
+            table = table.set_column(index, name, text)
+    return table

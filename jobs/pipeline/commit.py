@@ -3,8 +3,10 @@ vectors can be reused. The protocol itself is described once, in docs/design.md.
 
 - `claim_output`: OUTPUT belongs to one fingerprint (everything that changes a vector or where
   it goes); a rerun with another is refused, naming each difference.
-- `is_block_done`: all of a block's files are there, their footers carrying this fingerprint,
-  this content hash and the number of files the block has.
+- `committed_content`: a block whose files are all there, made by this fingerprint: the
+  signature (the state of its input files) and the content hash their footers carry. The
+  same signature means done, from footers alone; another one means its files are read again,
+  and the same content hash still means done (a file touched, or another block of it edited).
 - `reusable_vectors`: the vectors of a redone block's earlier files, keyed by row key (id and
   text), so only new or edited rows are encoded again.
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -21,9 +25,12 @@ import pyarrow.parquet as pq
 from jobs.pipeline.folders import FINGERPRINT, CommittedFile, OutputFolder
 
 FOOTER_FINGERPRINT = b"embed.fingerprint"
+FOOTER_SIGNATURE = b"embed.block_signature"
 FOOTER_CONTENT_HASH = b"embed.content_hash"
 FOOTER_PARTS = b"embed.block_parts"
 FOOTER_ROW_KEYS = b"embed.row_keys"
+FOOTER_INPUTS = b"embed.block_inputs"
+FOOTER_REPORT = b"embed.block_report"
 
 
 class FingerprintMismatch(ValueError):
@@ -73,12 +80,6 @@ def claim_output(
     return None
 
 
-def content_hash(packed: bytes) -> str:
-    """A hash of everything about a block that ends up in its output files (rows, metadata,
-    row positions), over its packed rows (envelopes.pack: what the envelope carries too)."""
-    return hashlib.sha1(packed).hexdigest()
-
-
 def row_keys(ids: list[str], texts: list[str]) -> list[str]:
     """Per row: a vector is reusable when both its id and its text are unchanged."""
     return [
@@ -87,49 +88,95 @@ def row_keys(ids: list[str], texts: list[str]) -> list[str]:
     ]
 
 
-def footer(fingerprint_id: str, content_hash: str, parts: int, keys: list[str]) -> dict:
-    """The Parquet footer metadata of one block file."""
+def content_hash(inputs: list[list], packed: bytes, rejections: bytes) -> str:
+    """A hash of everything about a block that ends up in OUTPUT: the segments it holds, its
+    rows (packed: metadata and row positions included) and its rejection records."""
+    digest = hashlib.sha1(json.dumps(inputs, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    digest.update(packed)
+    digest.update(rejections)
+    return digest.hexdigest()
+
+
+def footer(
+    fingerprint_id: str,
+    signature: str,
+    content: str,
+    parts: int,
+    keys: list[str],
+    inputs: list[list],
+    report: dict[str, Any],
+) -> dict:
+    """The Parquet footer metadata of one block file: what made it (fingerprint, the block's
+    signature: the state of its input files, jobs.pipeline.packing; its content hash), how
+    many files the block has, a key per row, the input segments it holds and its rejections'
+    figures (so that a done block's figures need no input read)."""
     return {
         FOOTER_FINGERPRINT: fingerprint_id.encode(),
-        FOOTER_CONTENT_HASH: content_hash.encode(),
+        FOOTER_SIGNATURE: signature.encode(),
+        FOOTER_CONTENT_HASH: content.encode(),
         FOOTER_PARTS: str(parts).encode(),
         FOOTER_ROW_KEYS: json.dumps(keys).encode(),
+        FOOTER_INPUTS: json.dumps(inputs, ensure_ascii=False).encode(),
+        FOOTER_REPORT: json.dumps(report, ensure_ascii=False).encode(),
     }
 
 
-def read_footer(output: OutputFolder, relpath: str) -> dict[bytes, bytes]:
-    """A file's footer metadata; empty for a file that cannot be read (it is redone)."""
+@dataclass(frozen=True)
+class FileRecord:
+    """What one block file's footer says (its row keys left out: only a redo reads them)."""
+
+    fingerprint_id: str
+    signature: str
+    content_hash: str
+    parts: int
+    rows: int
+    inputs: list[list]  # [relpath, first row, end row] per segment
+    report: dict[str, Any]  # rejected_by_kind, rejected, cuts
+
+
+def read_record(output: OutputFolder, relpath: str) -> FileRecord | None:
+    """A block file's footer; None for a file that cannot be read or was not written by this
+    version of the job (its block is redone)."""
     try:
         with output.open(relpath) as handle:
-            return dict(pq.ParquetFile(handle).schema_arrow.metadata or {})
-    except (OSError, pa.ArrowException):
+            metadata = pq.read_metadata(handle)
+        found = metadata.metadata or {}
+        return FileRecord(
+            found[FOOTER_FINGERPRINT].decode(),
+            found[FOOTER_SIGNATURE].decode(),
+            found[FOOTER_CONTENT_HASH].decode(),
+            int(found[FOOTER_PARTS]),
+            metadata.num_rows,
+            json.loads(found[FOOTER_INPUTS]),
+            json.loads(found[FOOTER_REPORT]),
+        )
+    except (OSError, KeyError, ValueError, pa.ArrowException):
+        return None
+
+
+def read_records(output: OutputFolder, relpaths: list[str]) -> dict[str, FileRecord | None]:
+    """The footers of many block files: one small read each, several at a time (object
+    storage answers in tens of milliseconds, and the driver only waits)."""
+    if not relpaths:
         return {}
+    with ThreadPoolExecutor(max_workers=min(16, len(relpaths))) as pool:
+        return dict(zip(relpaths, pool.map(lambda r: read_record(output, r), relpaths)))
 
 
-def is_block_done(
-    files: list[CommittedFile],
-    fingerprint_id: str,
-    content_hash: str,
-    parts: int,
-    output: OutputFolder,
-) -> bool:
-    """All of the block's files are there, made by this fingerprint from this content.
-
-    A crash between two files of one block, a file from other settings or an unreadable file
-    means the block is not done, and it is redone.
-    """
-    if len(files) != parts:
-        return False
-    expected = {
-        FOOTER_FINGERPRINT: fingerprint_id.encode(),
-        FOOTER_CONTENT_HASH: content_hash.encode(),
-        FOOTER_PARTS: str(parts).encode(),
-    }
-    for committed in files:
-        found = read_footer(output, committed.relpath)
-        if any(found.get(key) != value for key, value in expected.items()):
-            return False
-    return True
+def committed_content(
+    files: list[CommittedFile], records: dict[str, FileRecord | None], fingerprint_id: str
+) -> tuple[str, str] | None:
+    """(signature, content hash) of a block whose files are all there, made by this
+    fingerprint; None for any other block (a crash between two of its files, a file from
+    other settings, an unreadable file): it is redone."""
+    found = [records.get(committed.relpath) for committed in files]
+    if not found or any(
+        record is None or record.fingerprint_id != fingerprint_id or record.parts != len(files)
+        for record in found
+    ):
+        return None
+    made = {(record.signature, record.content_hash) for record in found}
+    return made.pop() if len(made) == 1 else None
 
 
 def reusable_vectors(
@@ -151,3 +198,20 @@ def reusable_vectors(
             continue  # unreadable or foreign: its rows are simply embedded again
         tables.append(pa.table({"key": keys, "embedding": vectors.combine_chunks()}))
     return pa.concat_tables(tables) if tables else None
+
+
+def reusable_keys(
+    files: list[CommittedFile], fingerprint_id: str, output: OutputFolder
+) -> set[str]:
+    """The row keys of a block's earlier files that this fingerprint made (what
+    reusable_vectors would find, from the footers alone)."""
+    keys: set[str] = set()
+    for committed in files:
+        try:
+            with output.open(committed.relpath) as handle:
+                meta = pq.read_metadata(handle).metadata or {}
+            if meta.get(FOOTER_FINGERPRINT) == fingerprint_id.encode():
+                keys.update(json.loads(meta[FOOTER_ROW_KEYS]))
+        except (OSError, KeyError, ValueError, pa.ArrowException):
+            continue
+    return keys

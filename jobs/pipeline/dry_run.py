@@ -1,83 +1,136 @@
 """`--dry-run`: what a run would do, without starting Ray or writing anything.
 
-Reads every input file on this machine, with the same duplicate-id decisions and the same
-block reading and done checks as a run (jobs.pipeline.blocks), to count rows done, to do and
-rejected; then times a short encode of a few pending rows with one replica here to estimate
-the encoding time.
+Everything is decided as a run decides it, on this machine: the duplicate-id scan, the plan
+and the done blocks from OUTPUT's footers (jobs.pipeline.work); the blocks to do are read
+(jobs.pipeline.blocks) and their rows counted as the run counts them: a row whose id and text
+an earlier file of this OUTPUT holds is reused, not embedded. Files that cannot be read or
+decoded are named with the exit code they will cause. The encoding time is measured on a
+sample spread over every row to embed, and scaled by their length (characters, up to what
+the model reads), so that one long text weighs in the estimate as it will in the run.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections import Counter
 from typing import Any
 
 from embedder import Replica, ReplicaSpec
 from jobs.pipeline import commit, duplicates
-from jobs.pipeline.blocks import block_status, committed_by_block, read_blocks
+from jobs.pipeline.blocks import read_planned
+from jobs.pipeline.work import plan_work
 
-# Rows encoded here to time one replica.
-TIMING_SAMPLE_ROWS = 64
+# Rows encoded here to time one replica, drawn from all the rows to embed.
+TIMING_SAMPLE_ROWS = 128
+# A token is rarely more than this many characters: a text's cost stops growing there.
+CHARS_PER_TOKEN = 8
 
 
 def survey(job, replica_spec: ReplicaSpec) -> dict[str, Any]:
     """Counts a run would report, and an estimate of its encoding time."""
     settings = job.settings
-    committed = {} if settings.overwrite else job.output.committed_files()
-    fingerprint_id = commit.fingerprint_id(job.fingerprint)
+    output = job.output
+    block_rows = settings.block_rows
     scan = duplicates.find_corpus_duplicates(
-        job.input, job.input_files, job.columns, settings.block_rows, duplicates.scan_here
+        job.input, job.input_files, job.columns, block_rows, duplicates.scan_here
     )
+    fingerprint_id = commit.fingerprint_id(job.fingerprint)
+    # --overwrite clears OUTPUT first: nothing in it counts.
+    listing = {} if settings.overwrite else output.files()
+    work = plan_work(job.input_files, scan, output, fingerprint_id, block_rows, listing)
     rows_by_collection: Counter[str] = Counter()
-    done = todo = rejected = 0
-    pending_texts: list[str] = []
-    for input_file in job.input_files:
-        if input_file.relpath in scan.unread:
-            continue
-        by_block = committed_by_block(committed.get(input_file.path_hash, []))
-        excluded = duplicates.excluded_rows(scan.excluded.get(input_file.relpath, {}))
-        for block in read_blocks(job.input, input_file, job.columns, settings.block_rows, excluded):
+    rejected = sum(e["rejected"] for e in work.done)
+    cuts = [cut for e in work.done for cut in e["cuts"]]
+    done = sum(e["skipped"] for e in work.done)
+    for envelope in work.done:
+        for entry in envelope["files"]:
+            rows_by_collection[collection_of(entry["relpath"])] += entry["rows"]
+    sample = TextSample(TIMING_SAMPLE_ROWS, (job.max_tokens or 512) * CHARS_PER_TOKEN)
+    reused = 0
+    for item in work.items:
+        to_do = {block.planned.id: block for block in item.blocks}
+        planned = [block.planned for block in item.blocks]
+        for plan, block in read_planned(job.input, planned, job.columns, block_rows, item.excluded):
             rejected += len(block.rejections)
+            cuts += [{"file": f, "from_row": row, "reason": why} for f, row, why in block.cuts]
             rows_by_collection.update(block.collections())
             if not block.rows.num_rows:
                 continue
-            mine = by_block.get(block.id, [])
-            if block_status(block, mine, fingerprint_id, job.output).done:
-                done += block.rows.num_rows
-            else:
-                todo += block.rows.num_rows
-                if len(pending_texts) < TIMING_SAMPLE_ROWS:
-                    pending_texts += block.rows.column("text").to_pylist()[:TIMING_SAMPLE_ROWS]
-    estimate = estimate_seconds(replica_spec, pending_texts[:TIMING_SAMPLE_ROWS], todo)
+            keys = commit.row_keys(
+                block.rows.column("id").to_pylist(), block.rows.column("text").to_pylist()
+            )
+            earlier = commit.reusable_keys(list(to_do[plan.id].earlier), fingerprint_id, output)
+            texts = block.rows.column("text").to_pylist()
+            for key, text in zip(keys, texts):
+                if key in earlier:
+                    reused += 1
+                else:
+                    sample.add(text)
+    estimate = estimate_seconds(replica_spec, sample)
     return {
         "input": job.input.uri,
-        "output": job.output.uri,
+        "output": output.uri,
         "model": job.model_spec.name,
         "dims": job.dims,
         "files": len(job.input_files),
+        "blocks": work.blocks,
         "collections": dict(sorted(rows_by_collection.items())),
         "rows_done": done,
-        "rows_to_do": todo,
+        "rows_to_do": sample.rows,
+        "rows_reused": reused,
         "rows_rejected": rejected,
+        "files_undecodable": sorted(cuts, key=lambda c: c["file"]),
         "files_unread": scan.unread,
         "estimate": estimate,
     }
 
 
-def estimate_seconds(replica_spec: ReplicaSpec, texts: list[str], rows: int) -> dict[str, Any]:
-    """Encoding time for `rows` at the rate one replica reaches here on a sample of them."""
-    if not texts or not rows:
+def collection_of(relpath: str) -> str:
+    return relpath.split("/", 1)[0].removeprefix("collection=")
+
+
+class TextSample:
+    """A uniform sample of the texts to embed (reservoir sampling, a fixed seed) and the
+    length of them all, each capped where the model stops reading."""
+
+    def __init__(self, size: int, cap_chars: int):
+        self.size, self.cap_chars = size, cap_chars
+        self.texts: list[str] = []
+        self.rows = 0
+        self.chars = 0
+        self.random = random.Random(0)
+
+    def add(self, text: str) -> None:
+        self.rows += 1
+        self.chars += min(len(text), self.cap_chars)
+        if len(self.texts) < self.size:
+            self.texts.append(text)
+        else:
+            slot = self.random.randrange(self.rows)
+            if slot < self.size:
+                self.texts[slot] = text
+
+    def sample_chars(self) -> int:
+        return sum(min(len(text), self.cap_chars) for text in self.texts)
+
+
+def estimate_seconds(replica_spec: ReplicaSpec, sample: TextSample) -> dict[str, Any]:
+    """Encoding time for every row to embed: seconds per character on the sample, times the
+    characters of them all."""
+    if not sample.texts:
         return {"seconds": 0.0, "rows_per_second": None, "device": None}
     replica = Replica(replica_spec)
-    replica.embed(texts[:4])  # warm-up
+    replica.embed(sample.texts[:4])  # warm-up
     started = time.perf_counter()
-    replica.embed(texts)
-    rate = len(texts) / (time.perf_counter() - started)
+    replica.embed(sample.texts)
+    seconds = time.perf_counter() - started
+    total = seconds * sample.chars / max(1, sample.sample_chars())
     return {
-        "seconds": rows / rate,
-        "rows_per_second": rate,
+        "seconds": total,
+        "rows_per_second": sample.rows / total if total else None,
         "device": replica.device,
-        "sample_rows": len(texts),
+        "sample_rows": len(sample.texts),
     }
 
 
@@ -85,20 +138,29 @@ def describe(surveyed: dict[str, Any]) -> str:
     estimate = surveyed["estimate"]
     lines = [
         f"Dry run: nothing was embedded or written to {surveyed['output']}.",
-        f"  input files:      {surveyed['files']} under {surveyed['input']}",
+        f"  input files:      {surveyed['files']} under {surveyed['input']}, "
+        f"in {surveyed['blocks']} block(s)",
         "  collections:      "
         + ", ".join(f"{name} ({rows} rows)" for name, rows in surveyed["collections"].items()),
         f"  rows already done: {surveyed['rows_done']}",
         f"  rows to embed:    {surveyed['rows_to_do']} with {surveyed['model']} at dims "
         f"{surveyed['dims']}",
+        f"  rows reused:      {surveyed['rows_reused']} (in blocks to redo, id and text "
+        "unchanged: their vectors are kept)",
         f"  rows rejected:    {surveyed['rows_rejected']}",
     ]
+    for cut in surveyed["files_undecodable"]:
+        lines.append(
+            f"  cannot decode:    {cut['file']} from row {cut['from_row']} ({cut['reason']}): "
+            "the run will exit 3"
+        )
     for file, error in surveyed["files_unread"].items():
-        lines.append(f"  could not read:   {file} ({error})")
+        lines.append(f"  could not read:   {file} ({error}): the run will exit 1")
     if estimate["rows_per_second"]:
         lines.append(
             f"  estimate:         {estimate['seconds'] / 60:.1f} min of encoding for one replica "
             f"at {estimate['rows_per_second']:.1f} rows/s (measured here on "
-            f"{estimate['device']}, {estimate['sample_rows']} rows); n replicas take about 1/n"
+            f"{estimate['device']}, {estimate['sample_rows']} rows drawn from all those to "
+            "embed, scaled by their length); n replicas take about 1/n"
         )
     return "\n".join(lines)

@@ -57,16 +57,41 @@ MAX_GROUPS = 512
 
 @dataclass
 class CorpusScan:
-    """The duplicates found, the files that could not be read for it, and the calibration
-    sample: (file, row) of up to `sample_rows` valid rows, in the order of their id's hash."""
+    """The duplicates found, the files that could not be read for it, the calibration
+    sample: (file, row) of up to `sample_rows` valid rows, in the order of their id's hash,
+    and each file's size in rows (what jobs.pipeline.packing plans blocks from)."""
 
     excluded: Excluded
     unread: dict[str, str] = field(default_factory=dict)  # relpath -> storage error
     sample: list[tuple[str, int]] = field(default_factory=list)
+    sizes: dict[str, FileSize] = field(default_factory=dict)  # relpath -> its rows
+
+    @property
+    def rows(self) -> dict[str, int]:
+        """Source rows per file read (rejected ones included)."""
+        return {relpath: size.rows for relpath, size in self.sizes.items()}
+
+    def valid_rows(self, relpath: str, first_row: int, end_row: int, block_rows: int) -> int:
+        """Valid rows of a file in [first_row, end_row) that are not duplicates."""
+        size = self.sizes.get(relpath)
+        if size is None:
+            return 0
+        chunks = size.valid[first_row // block_rows : -(-end_row // block_rows)]
+        excluded = self.excluded.get(relpath, {})
+        return sum(chunks) - sum(first_row <= int(row) < end_row for row in excluded)
 
 
-# (folder, [(file index, file)], columns, block_rows, sample_rows) -> (unread, per partition:
-# (repeats, sample))
+@dataclass(frozen=True)
+class FileSize:
+    """One file as the scan saw it: its source rows (up to and including the row its content
+    could not be decoded from, if any), and its valid rows per `block_rows` rows."""
+
+    rows: int
+    valid: list[int]
+
+
+# (folder, [(file index, file)], columns, block_rows, sample_rows) -> ((unread, sizes), per
+# partition: (repeats, sample))
 Runner = Callable[..., tuple[dict[str, str], list[tuple[np.ndarray, np.ndarray]]]]
 
 
@@ -82,12 +107,15 @@ def find_corpus_duplicates(
     duplicates and draw a sample of `sample_rows` rows. A file the storage would not give up
     is left out (a rerun decides again with it)."""
     indexed = list(enumerate(input_files))
-    unread, reduced = (run or scan_on_ray)(folder, indexed, columns, block_rows, sample_rows)
+    (unread, sizes), reduced = (run or scan_on_ray)(
+        folder, indexed, columns, block_rows, sample_rows
+    )
     sample = smallest_hashes([drawn for _, drawn in reduced], sample_rows)
     return CorpusScan(
         excluded_from(input_files, [repeats for repeats, _ in reduced]),
         unread,
         [(input_files[file].relpath, row) for file, row in zip(sample["file"], sample["row"])],
+        sizes,
     )
 
 
@@ -98,9 +126,11 @@ def id_hash(identifier: str) -> int:
 
 def file_sightings(
     folder: InputFolder, index: int, input_file: InputFile, columns: Columns, block_rows: int
-) -> np.ndarray:
-    """Every valid row of the file as a sighting; StorageReadError if it cannot be read."""
+) -> tuple[np.ndarray, FileSize]:
+    """Every valid row of the file as a sighting, and the file's size in rows;
+    StorageReadError if it cannot be read."""
     parts = [np.empty(0, SIGHTING)]
+    rows, valid = 0, []
     for block in read_blocks(folder, input_file, columns, block_rows, metadata=False):
         ids = block.rows.column("id").to_pylist()
         part = np.empty(len(ids), SIGHTING)
@@ -108,7 +138,21 @@ def file_sightings(
         part["file"] = index
         part["row"] = block.rows.column(ROW).to_numpy()
         parts.append(part)
-    return np.concatenate(parts)
+        rows = max(rows, last_row(block) + 1)
+        chunk = block.id.first_row // block_rows
+        valid += [0] * (chunk + 1 - len(valid))
+        valid[chunk] += len(ids)
+    return np.concatenate(parts), FileSize(rows, valid)
+
+
+def last_row(block) -> int:
+    """The last source row a block has: a valid row, a rejected one, or where the file's
+    content could not be decoded from."""
+    rows = block.rows.column(ROW)
+    last = max([r.row for r in block.rejections], default=-1)
+    if len(rows):
+        last = max(last, rows[-1].as_py())
+    return max(last, -1 if block.cut_at is None else block.cut_at)
 
 
 def scan_group(
@@ -118,18 +162,22 @@ def scan_group(
     block_rows: int,
     partitions: int,
 ) -> tuple:
-    """(files not read -> error, then the group's sightings in `partitions` parts by hash)."""
-    found, unread = [np.empty(0, SIGHTING)], {}
+    """((files not read -> error, files read -> size), then the group's sightings in
+    `partitions` parts by hash)."""
+    found, unread, sizes = [np.empty(0, SIGHTING)], {}, {}
     for index, input_file in indexed:
         try:
-            found.append(file_sightings(folder, index, input_file, columns, block_rows))
+            sightings, size = file_sightings(folder, index, input_file, columns, block_rows)
         except StorageReadError as err:
             unread[input_file.relpath] = str(err)  # none of its rows take part
+            continue
+        found.append(sightings)
+        sizes[input_file.relpath] = size
     sightings = np.concatenate(found)
     partition = sightings["hash"] % np.uint64(partitions)
     order = np.argsort(partition, kind="stable")
     bounds = np.searchsorted(partition[order], np.arange(1, partitions, dtype=np.uint64))
-    return (unread, *np.split(sightings[order], bounds))
+    return ((unread, sizes), *np.split(sightings[order], bounds))
 
 
 def repeats_in(*parts: np.ndarray) -> np.ndarray:
@@ -185,9 +233,11 @@ def scan_on_ray(folder, indexed, columns, block_rows, sample_rows=0):
     reduce = ray.remote(num_cpus=1)(reduce_partition)
     reduced = [reduce.remote(sample_rows, *[m[1 + p] for m in mapped]) for p in range(partitions)]
     unread: dict[str, str] = {}
-    for found in ray.get([m[0] for m in mapped]):
-        unread.update(found)
-    return unread, ray.get(reduced)
+    sizes: dict[str, FileSize] = {}
+    for group_unread, group_sizes in ray.get([m[0] for m in mapped]):
+        unread.update(group_unread)
+        sizes.update(group_sizes)
+    return (unread, sizes), ray.get(reduced)
 
 
 def file_groups(indexed: list, groups: int) -> list[list]:
@@ -198,5 +248,5 @@ def file_groups(indexed: list, groups: int) -> list[list]:
 
 def scan_here(folder, indexed, columns, block_rows, sample_rows=0):
     """The same scan in this process, one partition (a dry run starts no Ray)."""
-    unread, sightings = scan_group(folder, indexed, columns, block_rows, 1)
-    return unread, [reduce_partition(sample_rows, sightings)]
+    files, sightings = scan_group(folder, indexed, columns, block_rows, 1)
+    return files, [reduce_partition(sample_rows, sightings)]

@@ -12,7 +12,7 @@ OUTPUT's layout:
     _lease.json                             the run that holds OUTPUT now (jobs.pipeline.lease)
     _lease.json.lock                        while a run changes the lease on local disk
     _manifest.json                          the last finished run (jobs.pipeline.manifest)
-    _rejected/<path hash>-<stem>.jsonl      rejections, one list per input file that has any
+    _rejected/part-<block id>.jsonl         rejections, one list per block that has any
     collection=<c>/part-<block id>.parquet  one file per block and collection
 
 Nothing else is the job's: `--overwrite` removes these files and refuses to start where OUTPUT
@@ -317,14 +317,17 @@ class InputFolder(Folder):
         if not fs.isdir(self.root):
             raise InputError(f"INPUT {self.uri!r} is not a folder")
         found = []
-        for path in sorted(fs.find(self.root)):
+        listing = fs.find(self.root, detail=True)
+        for path in sorted(listing):
             parts = self.relative(path).split("/")
             if any(part.startswith((".", "_")) for part in parts):
                 continue
             fmt = file_format(parts[-1])
             if fmt is not None:
                 collection = parts[0] if len(parts) > 1 else DEFAULT_COLLECTION
-                found.append(InputFile("/".join(parts), collection, fmt))
+                info = listing[path]
+                size, version = int(info.get("size") or 0), file_version(info)
+                found.append(InputFile("/".join(parts), collection, fmt, size, version))
         if not found:
             raise InputError(
                 f"INPUT {self.uri!r} holds no corpus files (looked for *.jsonl, *.jsonl.gz, "
@@ -352,6 +355,20 @@ class InputFolder(Folder):
                 return
             with compr[compression](stream, mode="rb") as decompressed:
                 yield decompressed
+
+
+def file_version(info: dict[str, Any]) -> str:
+    """What a listing says of a file's content, beside its size: a hash where the storage
+    keeps one (S3's ETag, GCS's md5/crc32c), else its generation or modification time (with
+    the inode on local disk, so that a file replaced by a rename is a new file)."""
+    for key in ("ETag", "etag", "md5Hash", "crc32c", "generation"):
+        if info.get(key):
+            return f"{key}:{str(info[key]).strip(chr(34))}"
+    for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        if info.get(key) is not None:
+            inode = f"/{info['ino']}" if info.get("ino") is not None else ""
+            return f"{key}:{info[key]}{inode}"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -605,26 +622,28 @@ class OutputFolder(Folder):
             return None
         return CommittedFile(block_id, parts[0][len(COLLECTION_PREFIX) :], relpath)
 
-    def committed_files(self) -> dict[str, list[CommittedFile]]:
-        """The block files in OUTPUT by input file (path hash), from one listing."""
-        found: dict[str, list[CommittedFile]] = {}
-        for relpath in sorted(self.files()):
+    def committed_files(
+        self, listing: dict[str, int] | None = None
+    ) -> dict[BlockId, list[CommittedFile]]:
+        """The block files in OUTPUT by block, from one listing (`listing`, a files() the
+        caller already has, or a new one)."""
+        found: dict[BlockId, list[CommittedFile]] = {}
+        for relpath in sorted(self.files() if listing is None else listing):
             committed = self.parse_block_file(relpath)
             if committed is not None:
-                found.setdefault(committed.block_id.path_hash, []).append(committed)
+                found.setdefault(committed.block_id, []).append(committed)
         return found
 
     # -- rejections ------------------------------------------------------------------------
 
     @staticmethod
-    def rejections_file(input_file: InputFile) -> str:
-        return f"{REJECTED}/{input_file.rejections_name}"
+    def rejections_file(block_id: BlockId) -> str:
+        return f"{REJECTED}/part-{block_id}.jsonl"
 
-    def write_rejections(self, input_file: InputFile, records: list[dict[str, Any]]) -> str:
-        """One JSONL file per input file, named by the file, so a retry overwrites it."""
-        relpath = self.rejections_file(input_file)
-        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        self.write_bytes(relpath, lines.encode("utf-8"))
+    def write_rejections(self, block_id: BlockId, lines: bytes) -> str:
+        """One JSON Lines file per block, named by the block, so a retry overwrites it."""
+        relpath = self.rejections_file(block_id)
+        self.write_bytes(relpath, lines)
         return relpath
 
     def read_rejections(self) -> Iterator[dict[str, Any]]:

@@ -25,7 +25,7 @@ from embedder import ReplicaSpec
 from embedder.outputs import output_columns
 from embedder.replica import place
 from embedder.weights import Weights
-from jobs.pipeline import calibration, commit, dry_run, duplicates, manifest, summary
+from jobs.pipeline import calibration, commit, dry_run, duplicates, manifest, quiet, summary
 from jobs.pipeline.folders import (
     MANIFEST,
     InputError,
@@ -38,14 +38,9 @@ from jobs.pipeline.lease import Lease, LeaseHeld, check_free
 from jobs.pipeline.placement import Node, Placement, PlacementError, place_replicas
 from jobs.pipeline.reading import Columns
 from jobs.pipeline.settings import EmbedSettings, SettingsError, describe_config, load_settings
-from jobs.pipeline.stages import (
-    STAGE_FAILURES,
-    StageSpec,
-    run_pipeline,
-    unread_envelope,
-    work_items,
-)
+from jobs.pipeline.stages import STAGE_FAILURES, StageSpec, run_pipeline
 from jobs.pipeline.units import InputFile
+from jobs.pipeline.work import Work, plan_work
 from registry import (
     ModelSpec,
     PolicyError,
@@ -301,7 +296,7 @@ def resolve_where_replicas_run(job: Job, placement: Placement) -> Resolved:
     return ray.get(task.remote(replica_spec, placement.on_gpus))
 
 
-def start_ray() -> bool:
+def start_ray(verbose: bool = False) -> bool:
     """Join the cluster at RAY_ADDRESS (Ray reads it), or start a local Ray.
 
     Returns whether this call started or joined Ray (and so should shut it down). num_cpus and
@@ -316,6 +311,8 @@ def start_ray() -> bool:
     # Without RAY_ADDRESS, ray.init() would also join the last cluster `ray start` made on
     # this machine (/tmp/ray/ray_current_cluster), and wait forever when that one is dead.
     address = None if os.environ.get("RAY_ADDRESS") else "local"
+    if not verbose:
+        quiet.before_ray_start()
     ray.init(address=address, include_dashboard=False, log_to_driver=True)
     return True
 
@@ -349,7 +346,7 @@ def run_job(job: Job) -> tuple[dict, int]:
     t0 = time.perf_counter()
     lease: Lease | None = None
     with stop_on_signals():
-        started_here = start_ray()
+        started_here = start_ray(job.settings.verbose)
         catch_stop_signals()  # ray.init sets a SIGTERM handler of its own: ours again
         try:
             placement = plan_cluster(job)
@@ -453,11 +450,28 @@ def check_shared_storage(job: Job, nodes: list[Node]) -> None:
 def run_on_ray(
     job: Job, placement: Placement, lease: Lease, started_at, t0: float
 ) -> tuple[dict, int]:
-    """Duplicate scan, calibration, the pipeline, the stale sweep and the manifest. Whatever
-    the driver writes to OUTPUT is preceded by a check that this run still holds the lease;
-    the workers check before each commit (StageSpec.run_id)."""
+    """Duplicate scan, calibration, the plan, the pipeline, the stale sweep and the manifest;
+    nothing but the manifest when INPUT and OUTPUT are as the last complete run left them.
+    Whatever the driver writes to OUTPUT is preceded by a check that this run still holds the
+    lease; the workers check before each commit (StageSpec.run_id)."""
     settings = job.settings
     t_ray = time.perf_counter()
+    listing = job.output.files()
+    previous = manifest.unchanged_since(job.output, job.fingerprint, job.input_files, listing)
+    if previous is not None:
+        log.info(
+            "nothing to do: INPUT and OUTPUT are as the last run left them (%d rows in OUTPUT)",
+            previous["rows_in_output"],
+        )
+        record = manifest.rerun_of(
+            previous,
+            settings_public=settings.public_dict(),
+            timings=run_timings(t0, t_ray, time.perf_counter(), time.perf_counter()),
+            started_at=started_at,
+        )
+        lease.check()
+        manifest.write_manifest(job.output, record)
+        return record, exit_code_for(record, settings.max_rejected_fraction)
     scan = duplicates.find_corpus_duplicates(
         job.input,
         job.input_files,
@@ -469,21 +483,20 @@ def run_on_ray(
     replica_spec = replica_spec_for(job, placement)
     lease.check()
     calibrated = calibrate(job, readable, scan.sample, replica_spec, placement)
-    committed = job.output.committed_files()
-    t_scan = time.perf_counter()
     stage_spec = stage_spec_for(job, calibrated, lease.run_id)
-    items = work_items(readable, committed, scan.excluded)
-    tally, replicas = run_pipeline(items, stage_spec, replica_spec, placement)
+    work = plan_work(
+        job.input_files, scan, job.output, stage_spec.fingerprint_id, settings.block_rows, listing
+    )
+    log_plan(work)
+    t_scan = time.perf_counter()
+    tally, replicas = run_pipeline(work, stage_spec, replica_spec, placement, settings.verbose)
     t_done = time.perf_counter()
-    for input_file in job.input_files:
-        if input_file.relpath in scan.unread:
-            untouched = committed.get(input_file.path_hash, [])
-            error = scan.unread[input_file.relpath]
-            tally.add(unread_envelope(input_file, error, untouched, job.output))
     lease.check()
     listing = job.output.files()  # one listing for the sweep and the sizes
-    for relpath in job.output.remove_stale(tally.current_files(), listing):
+    removed = job.output.remove_stale(tally.current_files(), listing)
+    for relpath in removed:
         log.info("removed from OUTPUT, no longer part of the input: %s", relpath)
+        listing.pop(relpath)
     collections = manifest.collection_figures(tally.files, listing)
     record = manifest.build_manifest(
         model_spec=job.model_spec,
@@ -495,18 +508,37 @@ def run_on_ray(
         replicas=replicas,
         tally=tally,
         collections=collections,
-        timings={
-            "wall_seconds": round(time.perf_counter() - t0, 3),
-            "ray_start_seconds": round(t_ray - t0, 3),
-            # duplicate-id scan, calibration (rotation, int8 ranges), listing OUTPUT
-            "preparation_seconds": round(t_scan - t_ray, 3),
-            "pipeline_seconds": round(t_done - t_scan, 3),
-        },
+        timings=run_timings(t0, t_ray, t_scan, t_done),
         started_at=started_at,
+        states=manifest.states(job.input_files, job.output, listing),
     )
     lease.check()
     manifest.write_manifest(job.output, record)
     return record, exit_code_for(record, settings.max_rejected_fraction)
+
+
+def run_timings(t0: float, t_ray: float, t_scan: float, t_done: float) -> dict[str, float]:
+    return {
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+        "ray_start_seconds": round(t_ray - t0, 3),
+        # duplicate-id scan, calibration (rotation, int8 ranges), the plan (footers read)
+        "preparation_seconds": round(t_scan - t_ray, 3),
+        "pipeline_seconds": round(t_done - t_scan, 3),
+    }
+
+
+def log_plan(work: Work) -> None:
+    done = [e for e in work.done if not e["unread"]]
+    log.info(
+        "plan: %d block(s); %d done already (%d rows); to do: %d block(s), %d rows, in %d "
+        "read task(s)",
+        work.blocks,
+        len(done),
+        sum(e["rows"] for e in done),
+        work.blocks_to_do,
+        work.rows_to_do,
+        len(work.items),
+    )
 
 
 def stage_spec_for(job: Job, calibrated: dict | None, run_id: str = "") -> StageSpec:

@@ -13,12 +13,16 @@ memory. Figures come from what the stages reported per block, not from re-readin
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobs.pipeline.commit import fingerprint_id
 from jobs.pipeline.folders import MANIFEST, OutputFolder
+from jobs.pipeline.units import InputFile
 
 MANIFEST_VERSION = 3
 
@@ -70,9 +74,7 @@ class Tally:
             self.embedded_by_replica[result["replica_id"]] += result["embedded"]
         if result["rejections_file"]:
             self.rejection_files.add(result["rejections_file"])
-        if result["cut_at"] >= 0:
-            cut = {"file": result["file"], "from_row": result["cut_at"]}
-            self.cut_files.append(cut | {"reason": result["cut_reason"]})
+        self.cut_files += result["cuts"]
         if result["unread"]:
             self.unread[result["file"]] = result["unread"]
 
@@ -135,6 +137,7 @@ def build_manifest(
     collections: dict[str, dict[str, int]],
     timings: dict[str, float],
     started_at: dt.datetime,
+    states: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Everything DESIGN.md promises in the manifest, in one flat, documented dict.
 
@@ -190,6 +193,83 @@ def build_manifest(
         "rows_per_second": round(tally.embedded / wall, 2) if wall else 0.0,
         "files_written": tally.files_written,
         "timings": timings | {"encode_seconds_all_replicas": totals["encode_seconds"]},
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "settings": settings_public,
+        # What INPUT and OUTPUT were when this run ended, and whether it finished every block:
+        # a rerun that finds both unchanged has nothing to do (unchanged_since).
+        **(states or {}),
+        "complete": not tally.unread,
+    }
+
+
+def input_state(input_files: list[InputFile]) -> str:
+    """A hash of INPUT as its listing shows it: every corpus file's path, size and version."""
+    canonical = json.dumps([f.state for f in input_files], separators=(",", ":"))
+    return hashlib.sha1(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def output_state(output: OutputFolder, listing: dict[str, int]) -> str:
+    """A hash of the files the job writes per block (block files, rejection lists) in OUTPUT's
+    listing, with their sizes."""
+    mine = sorted((r, size) for r, size in listing.items() if output.is_job_file(r))
+    canonical = json.dumps(mine, separators=(",", ":"))
+    return hashlib.sha1(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def states(input_files: list[InputFile], output: OutputFolder, listing: dict[str, int]) -> dict:
+    return {
+        "input_state": input_state(input_files),
+        "output_state": output_state(output, listing),
+    }
+
+
+def unchanged_since(
+    output: OutputFolder,
+    fingerprint: dict[str, Any],
+    input_files: list[InputFile],
+    listing: dict[str, int],
+) -> dict[str, Any] | None:
+    """The last run's manifest, when that run finished every block with these settings and
+    neither INPUT nor OUTPUT changed since (by their listings): then there is nothing to do,
+    and a rerun costs two listings and this one read."""
+    try:
+        previous = output.read_json(MANIFEST)
+    except ValueError:
+        return (
+            None  # not JSON: a run that stopped while writing it, on storage without atomic writes
+        )
+    if not isinstance(previous, dict) or previous.get("complete") is not True:
+        return None
+    unchanged = (
+        fingerprint_id(previous.get("fingerprint") or {}) == fingerprint_id(fingerprint)
+        and previous.get("input_state") == input_state(input_files)
+        and previous.get("output_state") == output_state(output, listing)
+    )
+    return previous if unchanged else None
+
+
+def rerun_of(
+    previous: dict[str, Any],
+    *,
+    settings_public: dict[str, Any],
+    timings: dict[str, float],
+    started_at: dt.datetime,
+) -> dict[str, Any]:
+    """The manifest of a run that found nothing to do: the last run's, with this run's
+    figures (nothing embedded, every row skipped, no replica started)."""
+    return previous | {
+        "devices": [],
+        "replicas": 0,
+        "per_replica": [],
+        "rows_embedded": 0,
+        "rows_skipped": previous["rows_in_output"],
+        "rows_truncated_to_max_tokens": 0,
+        "tokens": 0,
+        "tokens_per_second": 0.0,
+        "rows_per_second": 0.0,
+        "files_written": 0,
+        "timings": timings | {"encode_seconds_all_replicas": 0.0},
         "started_at": started_at.isoformat(timespec="seconds"),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "settings": settings_public,

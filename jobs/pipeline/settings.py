@@ -138,6 +138,11 @@ class EmbedSettings(BaseSettings):
     dry_run: bool = Field(
         False, description="plan only: files, collections, rows done and to do, time estimate"
     )
+    verbose: bool = Field(
+        False,
+        description="also show Ray's own progress output and start-up notices (the job's "
+        "progress line is always there)",
+    )
     print_config: bool = Field(
         False,
         exclude=True,

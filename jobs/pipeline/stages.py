@@ -1,21 +1,26 @@
-"""The Ray Data pipeline: input files -> read -> replicas (actor pool) -> one Parquet file per
-block and collection. Every stage takes one envelope at a time (jobs.pipeline.envelopes).
+"""The Ray Data pipeline: work items -> read -> replicas (actor pool) -> one Parquet file per
+block and collection. Every stage takes one envelope at a time (jobs.pipeline.envelopes); the
+driver has already decided which blocks are done (jobs.pipeline.work) and sends only the rest.
 
-    read_stage     one work item (an input file) in; per block an envelope: done (a count),
-                   or the rows plus any earlier vectors to reuse; then the file's rejections
+    read_stage     one work item (a big file's blocks to do, or one pack of small files) in;
+                   per block an envelope: its rows, any earlier vectors to reuse, its
+                   rejections (a block without rows commits its rejection list here)
     EmbedBatches   the actor pool, one Replica each: vectors for the rows without one
-    write_stage    the block's files written whole; the envelope keeps only figures
+    write_stage    the block's rejection list, then its files, each written whole; the envelope
+                   keeps only figures
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -23,31 +28,24 @@ import pyarrow as pa
 
 from embedder import Replica, ReplicaSpec
 from embedder.outputs import base_vectors, output_vectors, vector_column
-from jobs.pipeline import commit
-from jobs.pipeline.blocks import (
-    Block,
-    block_status,
-    committed_by_block,
-    read_blocks,
-    rows_per_collection,
-)
-from jobs.pipeline.duplicates import excluded_rows
-from jobs.pipeline.envelopes import envelope, pack, to_table, unpack
-from jobs.pipeline.folders import (
-    CommittedFile,
-    InputFolder,
-    OutputFolder,
-    OutputWriteError,
-    StorageReadError,
-)
+from jobs.pipeline import commit, quiet
+from jobs.pipeline.blocks import Block, read_planned
+from jobs.pipeline.envelopes import envelope, pack, pack_parts, to_table, unpack, unpack_parts
+from jobs.pipeline.folders import InputFolder, OutputFolder, OutputWriteError, StorageReadError
 from jobs.pipeline.lease import LeaseLost, check_holder
 from jobs.pipeline.manifest import Tally
 from jobs.pipeline.placement import Placement
+from jobs.pipeline.progress import Progress
 from jobs.pipeline.reading import ROW, ROW_KEY, Columns
 from jobs.pipeline.rejections import Rejection, count_by_kind
-from jobs.pipeline.units import BlockId, InputFile
+from jobs.pipeline.units import BlockId
+from jobs.pipeline.work import ToDo, Work, WorkItem, unread_envelope
 
 log = logging.getLogger("embed")
+
+# What stops a commit, by the name it travels under in an envelope.
+STAGE_FAILURES: dict[str, type[Exception]] = {"lease": LeaseLost, "write": OutputWriteError}
+FAILURES = tuple(STAGE_FAILURES.values())
 
 
 @dataclass(frozen=True)
@@ -79,121 +77,97 @@ class StageSpec:
         return vector_column(self.dims[0], len(self.dims) > 1)
 
 
-def work_items(
-    input_files: list[InputFile],
-    committed: dict[str, list[CommittedFile]],
-    excluded: dict[str, dict[str, str]],
-) -> list[dict[str, str]]:
-    """One item per input file: the file, its earlier output files, rows to set aside."""
-    items = []
-    for input_file in input_files:
-        work = {
-            "input_file": asdict(input_file),
-            "committed": [
-                [str(c.block_id), c.collection, c.relpath]
-                for c in committed.get(input_file.path_hash, [])
-            ],
-            "excluded": excluded.get(input_file.relpath, {}),
-        }
-        items.append({"work": json.dumps(work)})
-    return items
-
-
 def read_stage(batch: pa.Table, stage_spec: StageSpec) -> Iterator[pa.Table]:
-    """Ray map_batches function: per block an envelope, then the file's closing envelope."""
-    for item in batch.column("work").to_pylist():
-        input_file, committed, excluded = parse_work_item(item)
-        by_block = committed_by_block(committed)
-        handed_on: set[BlockId] = set()
-        rejections: list[Rejection] = []
-        cut: Block | None = None
-        blocks = read_blocks(
-            stage_spec.input, input_file, stage_spec.columns, stage_spec.block_rows, excluded
+    """Ray map_batches function: per work item, an envelope per block, as soon as it is read."""
+    for text in batch.column("work").to_pylist():
+        item = WorkItem.parse(text)
+        to_do = {str(block.planned.id): block for block in item.blocks}
+        planned = [block.planned for block in item.blocks]
+        blocks = read_planned(
+            stage_spec.input, planned, stage_spec.columns, stage_spec.block_rows, item.excluded
         )
         try:
-            for block in blocks:
-                handed_on.add(block.id)
-                rejections += block.rejections
-                cut = block if block.cut_at is not None else cut
-                if block.rows.num_rows:
-                    files = by_block.get(block.id, [])
-                    yield to_table([block_envelope(block, files, stage_spec)])
+            for plan, block in blocks:
+                yield to_table([read_envelope(block, to_do.pop(str(plan.id)), stage_spec)])
         except StorageReadError as err:
-            untouched = [c for c in committed if c.block_id not in handed_on]
-            yield to_table([unread_envelope(input_file, str(err), untouched, stage_spec.output)])
-            continue
-        try:
-            closing = closing_envelope(input_file, rejections, cut, stage_spec)
-        except tuple(STAGE_FAILURES.values()) as failure:
-            closing = failure_envelope(envelope(file=input_file.relpath), failure)
-        yield to_table([closing])
+            for block in to_do.values():
+                keep = block.earlier
+                unread = unread_envelope(
+                    block.planned, err.relpath, str(err), keep, stage_spec.output
+                )
+                yield to_table([unread])
 
 
-def parse_work_item(item: str) -> tuple[InputFile, list[CommittedFile], dict[int, str]]:
-    work = json.loads(item)
-    committed = [
-        CommittedFile(BlockId.parse(block_id), collection, relpath)
-        for block_id, collection, relpath in work["committed"]
-    ]
-    return InputFile(**work["input_file"]), committed, excluded_rows(work["excluded"])
-
-
-def block_envelope(block: Block, files: list[CommittedFile], stage_spec: StageSpec) -> dict:
-    """A done block as a count; any other with its rows and whatever earlier vectors fit."""
-    rows = block.rows.num_rows
-    status = block_status(block, files, stage_spec.fingerprint_id, stage_spec.output)
-    if status.done:
+def read_envelope(block: Block, to_do: ToDo, stage_spec: StageSpec) -> dict[str, Any]:
+    """A block's envelope: its rows, whatever earlier vectors fit and its rejections, for the
+    write stage to commit; a block without rows commits its rejection list here."""
+    report = block_report(block)
+    inputs = to_do.planned.inputs()
+    rows, rejections = pack_parts(block.collection_parts()), rejection_lines(block.rejections)
+    content = commit.content_hash(inputs, rows, rejections)
+    figures = envelope(
+        block_id=str(block.id),
+        signature=to_do.signature,
+        content_hash=content,
+        inputs=json.dumps(inputs),
+        rows=block.rows.num_rows,
+        rejected=report["rejected"],
+        rejected_by_kind=list(report["rejected_by_kind"].items()),
+        rejections=rejections,
+        cuts=report["cuts"],
+    )
+    if content == to_do.content_hash:  # its files hold this very content: done
         kept = [
             {"relpath": OutputFolder.block_file(collection, block.id), "rows": count}
             for collection, count in block.collections().items()
         ]
-        return envelope(block_id=str(block.id), rows=rows, skipped=rows, files=kept)
+        rejections_file = OutputFolder.rejections_file(block.id) if block.rejections else ""
+        return figures | {
+            "rejections": b"",
+            "skipped": block.rows.num_rows,
+            "files": kept,
+            "rejections_file": rejections_file,
+        }
+    if not block.rows.num_rows:
+        try:
+            return figures | commit_rejections(figures, stage_spec)
+        except FAILURES as failure:
+            return failure_envelope(figures, failure)
     earlier = None
-    if files:
+    if to_do.earlier:
         earlier = commit.reusable_vectors(
-            files, stage_spec.fingerprint_id, stage_spec.reuse_column, stage_spec.output
+            list(to_do.earlier),
+            stage_spec.fingerprint_id,
+            stage_spec.reuse_column,
+            stage_spec.output,
         )
-    return envelope(
-        block_id=str(block.id),
-        content_hash=status.content_hash,
-        rows=rows,
-        block=status.packed,
-        reuse=pack(earlier) if earlier is not None else b"",
-    )
+    return figures | {"block": rows, "reuse": pack(earlier) if earlier is not None else b""}
 
 
-def closing_envelope(
-    input_file: InputFile, rejections: list[Rejection], cut: Block | None, stage_spec: StageSpec
-) -> dict:
-    """The file's rejections, written to OUTPUT/_rejected/ under a name fixed by the file."""
-    if not rejections:
-        return envelope(file=input_file.relpath)
-    records = [r.as_record() for r in rejections]
+def block_report(block: Block) -> dict[str, Any]:
+    """A block's rejection figures, as its envelope and its files' footers carry them."""
+    return {
+        "rejected": len(block.rejections),
+        "rejected_by_kind": count_by_kind(block.rejections),
+        "cuts": [{"file": f, "from_row": row, "reason": why} for f, row, why in block.cuts],
+    }
+
+
+def rejection_lines(rejections: list[Rejection]) -> bytes:
+    lines = "".join(json.dumps(r.as_record(), ensure_ascii=False) + "\n" for r in rejections)
+    return lines.encode("utf-8")
+
+
+def commit_rejections(item: dict[str, Any], stage_spec: StageSpec) -> dict[str, Any]:
+    """The block's rejection list written to OUTPUT (before its Parquet files: a block found
+    done has its list); the envelope's fields that change with it."""
+    if not item["rejections"]:
+        return {"rejections": b""}
     stage_spec.check_lease()
-    relpath = stage_spec.output.write_rejections(input_file, records)
-    return envelope(
-        file=input_file.relpath,
-        rejected=len(rejections),
-        rejected_by_kind=list(count_by_kind(rejections).items()),
-        rejections_file=relpath,
-        cut_at=-1 if cut is None else cut.cut_at,
-        cut_reason="" if cut is None else cut.rejections[-1].reason,
+    relpath = stage_spec.output.write_rejections(
+        BlockId.parse(item["block_id"]), item["rejections"]
     )
-
-
-def unread_envelope(
-    input_file: InputFile, error: str, untouched: list[CommittedFile], output: OutputFolder
-) -> dict:
-    """A file whose reading a storage failure stopped: nothing about it is decided, so what
-    OUTPUT holds for it stays as it is (its other block files and its rejection list) for a
-    rerun to pick up."""
-    kept = [{"relpath": c.relpath, "rows": output.row_count(c.relpath) or 0} for c in untouched]
-    return envelope(
-        file=input_file.relpath,
-        files=kept,
-        rejections_file=OutputFolder.rejections_file(input_file),
-        unread=error,
-    )
+    return {"rejections": b"", "rejections_file": relpath}
 
 
 class EmbedBatches:
@@ -250,10 +224,12 @@ class EmbedBatches:
 
 
 def embed_block(item: dict[str, Any], replica: Replica, stage_spec: StageSpec) -> dict[str, Any]:
-    """Vectors for the block's rows: reused where id and text are unchanged, else encoded."""
-    table = unpack(item["block"])
-    texts = table.column("text").to_pylist()
-    keys = commit.row_keys(table.column("id").to_pylist(), texts)
+    """Vectors for the block's rows: reused where id and text are unchanged, else encoded (the
+    rows of all its collections in one call)."""
+    parts = unpack_parts(item["block"])
+    texts = [t for part in parts for t in part.column("text").to_pylist()]
+    ids = [i for part in parts for i in part.column("id").to_pylist()]
+    keys = commit.row_keys(ids, texts)
     dim = stage_spec.dims[0]
     reuse = reuse_index(unpack(item["reuse"]), dim) if item["reuse"] else {}
     vectors = np.empty((len(keys), dim), dtype=np.float32)
@@ -267,13 +243,16 @@ def embed_block(item: dict[str, Any], replica: Replica, stage_spec: StageSpec) -
     columns = output_vectors(
         vectors, list(stage_spec.dims), stage_spec.precision, stage_spec.ranges
     )
-    for name, matrix in columns.items():
-        table = table.append_column(name, embedding_column(matrix))
-    table = table.append_column(ROW_KEY, pa.array(keys, pa.string()))
-    if stage_spec.drop_text:
-        table = table.drop_columns(["text"])
+    embedded, start = [], 0
+    for part in parts:
+        end = start + part.num_rows
+        for name, matrix in columns.items():
+            part = part.append_column(name, embedding_column(matrix[start:end]))
+        part = part.append_column(ROW_KEY, pa.array(keys[start:end], pa.string()))
+        embedded.append(part.drop_columns(["text"]) if stage_spec.drop_text else part)
+        start = end
     return item | {
-        "block": pack(table),
+        "block": pack_parts(embedded),
         "reuse": b"",
         "embedded": len(todo),
         "reused": len(keys) - len(todo),
@@ -296,14 +275,16 @@ def reuse_index(table: pa.Table, dim: int) -> dict[str, np.ndarray]:
     return dict(zip(table.column("key").to_pylist(), matrix))
 
 
-# What stops a commit, by the name it travels under in an envelope.
-STAGE_FAILURES: dict[str, type[Exception]] = {"lease": LeaseLost, "write": OutputWriteError}
-
-
 def failure_envelope(item: dict[str, Any], failure: Exception) -> dict[str, Any]:
     """The envelope of a commit that could not happen: the driver stops the run on it."""
     kind = next(k for k, kind in STAGE_FAILURES.items() if isinstance(failure, kind))
-    return item | {"block": b"", "reuse": b"", "failure": kind, "failed": str(failure)}
+    return item | {
+        "block": b"",
+        "reuse": b"",
+        "rejections": b"",
+        "failure": kind,
+        "failed": str(failure),
+    }
 
 
 def raise_failures(results: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -320,8 +301,9 @@ def write_stage(batch: pa.Table, stage_spec: StageSpec) -> pa.Table:
     for item in batch.to_pylist():
         if item["block"]:
             try:
+                item = item | commit_rejections(item, stage_spec)
                 files = write_block(item, stage_spec)
-            except tuple(STAGE_FAILURES.values()) as failure:
+            except FAILURES as failure:
                 item = failure_envelope(item, failure)
             else:
                 item = item | {"files": files, "written": True, "block": b""}
@@ -332,18 +314,30 @@ def write_stage(batch: pa.Table, stage_spec: StageSpec) -> pa.Table:
 def write_block(item: dict[str, Any], stage_spec: StageSpec) -> list[dict[str, Any]]:
     """The block's files, one per collection, each footer saying which fingerprint and
     content made it (jobs.pipeline.commit); returns each file with its rows."""
-    block = unpack(item["block"])
+    parts = unpack_parts(item["block"])
     block_id = BlockId.parse(item["block_id"])
-    groups = rows_per_collection(block)
     stage_spec.check_lease()
+    inputs = json.loads(item["inputs"])
+    report = {
+        "rejected": item["rejected"],
+        "rejected_by_kind": dict(item["rejected_by_kind"]),
+        "cuts": item["cuts"],
+    }
     written = []
-    for collection, positions in groups.items():
-        part = block.take(pa.array(positions))
+    for part in parts:
+        collection = part.column("collection")[0].as_py()
         keys = part.column(ROW_KEY).to_pylist()
         part = part.drop_columns(["collection", ROW, ROW_KEY])
-        part = part.replace_schema_metadata(
-            commit.footer(stage_spec.fingerprint_id, item["content_hash"], len(groups), keys)
+        metadata = commit.footer(
+            stage_spec.fingerprint_id,
+            item["signature"],
+            item["content_hash"],
+            len(parts),
+            keys,
+            inputs,
+            report,
         )
+        part = part.replace_schema_metadata(metadata)
         relpath = OutputFolder.block_file(collection, block_id)
         stage_spec.output.write_parquet(relpath, part)
         written.append({"relpath": relpath, "rows": part.num_rows})
@@ -370,15 +364,19 @@ def stats_collector_class():
 
 
 def run_pipeline(
-    items: list[dict[str, str]],
+    work: Work,
     stage_spec: StageSpec,
     replica_spec: ReplicaSpec,
     placement: Placement,
+    verbose: bool = False,
 ) -> tuple[Tally, list[dict[str, Any]]]:
-    """Run every work item to committed Parquet; returns the envelopes' figures added up and
-    each replica's own. No item (every input file unreadable): nothing to run."""
-    if not items:
-        return Tally(), []
+    """Run every work item to committed Parquet; returns the figures of every block (the done
+    ones' too) added up, and each replica's own. No item: nothing to run, no replica loads.
+    Without `verbose`, Ray's own progress output and notices are left out (jobs.pipeline.quiet)."""
+    tally = Tally.of(work.done)
+    if not work.items:
+        return tally, []
+    items = [item.as_row() for item in work.items]
     import ray
     import ray.data
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -389,6 +387,8 @@ def run_pipeline(
     # Reading and writing never use the rotation (up to 128 MB at 4096 dims): only the
     # replicas get it.
     io_spec = replace(stage_spec, rotation=None)
+    if not verbose:
+        quiet.quiet_ray_data()
     dataset = ray.data.from_items(items, override_num_blocks=len(items))
     dataset = dataset.map_batches(
         read_stage, batch_size=1, batch_format="pyarrow", fn_kwargs={"stage_spec": io_spec}
@@ -411,7 +411,10 @@ def run_pipeline(
         write_stage, batch_size=1, batch_format="pyarrow", fn_kwargs={"stage_spec": io_spec}
     )
     # Streamed into the tally: the driver keeps figures per block, not the envelopes.
-    tally = Tally.of(raise_failures(dataset.iter_rows()))
+    progress = Progress(work.rows_to_do, work.blocks_to_do, terminal=sys.stderr.isatty())
+    with contextlib.nullcontext() if verbose else quiet.dropped_lines():
+        for result in progress.track(raise_failures(dataset.iter_rows())):
+            tally.add(result)
     replicas = ray.get(stats.summary.remote())
     ray.kill(stats)
     # A replica whose node died is lost: its figures end at its last report, and the blocks it

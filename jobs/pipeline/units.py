@@ -1,8 +1,11 @@
-"""The units of work and their names: an input file, and a block of one.
+"""The units of work and their names: an input file, a segment of one, a block.
 
-A block is rows [k*block_rows, (k+1)*block_rows) of one input file. Its id depends only on the
-file's path under INPUT and the block's first row, so the same block has the same id, and so
-the same output file name, on every run: a redo replaces its file instead of adding one.
+A block is what one Ray task carries and one output file (per collection) holds: about
+`block_rows` rows. A file of at least `block_rows` rows is cut into blocks of its own, rows
+[k*block_rows, (k+1)*block_rows); smaller files are packed whole into blocks of several files
+(jobs.pipeline.packing). A block's id is the path hash of its first file and its first row, so
+the same block has the same id, and so the same output file name, on every run: a redo
+replaces its file instead of adding one.
 """
 
 from __future__ import annotations
@@ -23,21 +26,37 @@ class InputFile:
     relpath: str  # under INPUT, "/"-separated
     collection: str  # its first folder under INPUT, or "default"
     fmt: str  # "jsonl" or "parquet"
+    # From the listing: the size in bytes and a version that changes when the content does
+    # (the ETag on S3; mtime and inode on local disk). Together, the file's state.
+    size: int = 0
+    version: str = ""
+
+    @property
+    def state(self) -> list:
+        """What says this file is unchanged since a block was made of it (the listing's view,
+        as rsync's quick check: size and version)."""
+        return [self.relpath, self.size, self.version]
 
     @property
     def path_hash(self) -> str:
         """A short hash of the path under INPUT: names this file's outputs on every rerun."""
         return hashlib.sha1(self.relpath.encode("utf-8")).hexdigest()[:16]
 
-    @property
-    def rejections_name(self) -> str:
-        """The name of this file's rejection list: the path hash, then a readable stem."""
-        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.relpath)[-60:]
-        return f"{self.path_hash}-{stem}.jsonl"
-
     def block_of(self, row: int, block_rows: int) -> BlockId:
         """The block a source row of this file belongs to."""
         return BlockId(self.path_hash, row // block_rows * block_rows)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Source rows [first_row, end_row) of one input file: a block is one or more of these."""
+
+    file: InputFile
+    first_row: int
+    end_row: int
+
+    def overlaps(self, first_row: int, end_row: int) -> bool:
+        return self.first_row < end_row and first_row < self.end_row
 
 
 @dataclass(frozen=True, order=True)
