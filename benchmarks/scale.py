@@ -436,11 +436,16 @@ def main() -> None:
 
 
 def cpu_name() -> str:
+    """The CPU's model name and the flags that change inference speed (bf16, AMX, VNNI)."""
     try:
         with open("/proc/cpuinfo") as info:
-            return next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
-    except (OSError, StopIteration):
+            lines = info.read().splitlines()
+    except OSError:
         return platform.processor() or platform.machine()
+    name = next((ln.split(":", 1)[1].strip() for ln in lines if "model name" in ln), "?")
+    flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+    return f"{name} ({' '.join(f for f in wanted if f in flags) or 'no AVX2'})"
 
 
 if __name__ == "__main__":
