@@ -32,12 +32,19 @@ AUTH_NOTICE = "Token authentication is enabled for this Ray cluster"
 RAY_DATA_NOTICES = ("Progress bars disabled", "Progress bars for operators disabled")
 
 
+def not_auth_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(AUTH_NOTICE)
+
+
+def not_ray_data_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(RAY_DATA_NOTICES)
+
+
 def before_ray_start() -> None:
     """A local Ray started without RAY_AUTH_MODE turns token authentication on (the secure
-    default, kept) and says so on every run: that notice is left out."""
-    logging.getLogger(AUTH_LOGGER).addFilter(
-        lambda record: not record.getMessage().startswith(AUTH_NOTICE)
-    )
+    default, kept) and says so on every run: that notice is left out. (A filter is added once
+    however many runs one process makes.)"""
+    logging.getLogger(AUTH_LOGGER).addFilter(not_auth_notice)
 
 
 def quiet_ray_data() -> None:
@@ -46,9 +53,12 @@ def quiet_ray_data() -> None:
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     for handler in logging.getLogger("ray.data").handlers:
-        if not isinstance(handler, logging.FileHandler):  # the console, not the session log
+        # The console; not the session's log file (Ray's SessionFileHandler is no stream).
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+            handler, logging.FileHandler
+        ):
             handler.setLevel(logging.WARNING)
-            handler.addFilter(lambda record: not record.getMessage().startswith(RAY_DATA_NOTICES))
+            handler.addFilter(not_ray_data_notice)
 
 
 @contextlib.contextmanager
