@@ -19,6 +19,7 @@ from typing import Any
 from embedder import Replica, ReplicaSpec
 from jobs.pipeline import commit, duplicates
 from jobs.pipeline.blocks import read_planned
+from jobs.pipeline.stages import block_report
 from jobs.pipeline.work import plan_work
 
 # Rows encoded here to time one replica, drawn from all the rows to embed.
@@ -53,7 +54,7 @@ def survey(job, replica_spec: ReplicaSpec) -> dict[str, Any]:
         planned = [block.planned for block in item.blocks]
         for plan, block in read_planned(job.input, planned, job.columns, block_rows, item.excluded):
             rejected += len(block.rejections)
-            cuts += [{"file": f, "from_row": row, "reason": why} for f, row, why in block.cuts]
+            cuts += block_report(block)["cuts"]
             rows_by_collection.update(block.collections())
             if not block.rows.num_rows:
                 continue
