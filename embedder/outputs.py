@@ -5,6 +5,11 @@ Quantization always comes after truncation and re-normalization. int8/uint8 use 
 calibrated once per run (per width, one range for all components: see calibration_ranges) and
 passed in, so every batch and every replica of one corpus shares one scale;
 sentence-transformers on its own would take the ranges from each batch.
+
+With --rotate pca, a column narrower than the model's native dim is cut from the vector rotated
+into the corpus's principal axes; a full-width column is the replica's vector unrotated (an
+orthogonal rotation changes no full-width dot product). Documents, reused rows and queries all
+go through `base_vectors` then `output_vectors`, so they get the same floats.
 """
 
 from __future__ import annotations
@@ -40,10 +45,12 @@ def quantize(vectors: np.ndarray, precision: str, ranges: np.ndarray | None) -> 
     return quantize_embeddings(vectors, precision=precision, ranges=ranges)
 
 
-def calibration_ranges(vectors: np.ndarray, dims: list[int]) -> dict[str, list[list[float]]]:
+def calibration_ranges(
+    vectors: np.ndarray, dims: list[int], *, rotation: np.ndarray | None = None
+) -> dict[str, list[list[float]]]:
     """Per width: [minimums, maximums] for sentence-transformers' int8/uint8 quantization,
-    one range shared by every component: the smallest and largest value of the re-normalized
-    sample vectors.
+    one range shared by every component: the smallest and largest value of the sample's
+    vectors as `output_vectors` writes them at that width (`vectors` and `rotation` as there).
 
     One range, not one per component as sentence-transformers calibrates by default: codes
     with a step of their own per component weight each component by 1/step^2 in an integer dot
@@ -54,21 +61,57 @@ def calibration_ranges(vectors: np.ndarray, dims: list[int]) -> dict[str, list[l
     0.669 against 1.002 at 384 dims.
     """
     ranges = {}
-    for dim in dims:
-        truncated = truncate_and_normalize(vectors, dim)
+    for dim, truncated in float_columns(vectors, dims, rotation).items():
         low, high = float(truncated.min()), float(truncated.max())
         ranges[str(dim)] = [[low] * dim, [high] * dim]
     return ranges
 
 
-def base_vectors(full: np.ndarray, rotation: np.ndarray | None, widest: int) -> np.ndarray:
-    """The vector every output column of a row is derived from. Without a rotation, the
-    replica's vector as it is (the replica already truncated it to the widest dim and
-    re-normalized it); with one, the replica's full native-dim vector rotated, then truncated
-    to the widest dim and re-normalized."""
+def base_vectors(
+    full: np.ndarray,
+    rotation: np.ndarray | None,
+    widest: int,
+    *,
+    rotate_full_width: bool = True,
+) -> np.ndarray:
+    """The vector every output column of a row is derived from, and what a later run reuses
+    for an unchanged row (its widest written column). Without a rotation, the replica's
+    vector as it is (the replica already truncated it to the widest dim and re-normalized it).
+
+    With one (`full` is then the replica's native-dim vector): when the widest dim is narrower
+    than the native dim, `full` rotated by the rotation's first `widest` columns (all a
+    truncation to `widest` keeps of a full rotation), re-normalized. When it is the native dim,
+    with `rotate_full_width=False`, `full` as it is: an orthogonal rotation changes no
+    full-width dot product, so the full-width column needs none, and `output_vectors`, given
+    the same `rotation`, rotates it for the narrower columns only. The default
+    (`rotate_full_width=True`) is the earlier layout, every column rotated, kept for callers
+    that do not pass the rotation on to `output_vectors` (and for OUTPUTs written that way:
+    jobs.pipeline.calibration.rotates_full_width).
+    """
     if rotation is None:
         return full
-    return truncate_and_normalize(rotate(full, rotation), widest)
+    if widest == rotation.shape[0] and not rotate_full_width:
+        return full
+    return truncate_and_normalize(rotate(full, rotation[:, :widest]), widest)
+
+
+def float_columns(
+    base: np.ndarray, dims: list[int], rotation: np.ndarray | None = None
+) -> dict[int, np.ndarray]:
+    """Width -> the float32 unit vectors written at that width, in the order of `dims`: the
+    base truncated and re-normalized. With a rotation and a native-width base (base_vectors'
+    `rotate_full_width=False`), a width narrower than native is cut from the base rotated by
+    the rotation's first columns instead: one product, as wide as the widest of those widths,
+    serves them all."""
+    native = base.shape[1]
+    narrower = [dim for dim in dims if dim < native]
+    rotated = None
+    if rotation is not None and rotation.shape[0] == native and narrower:
+        rotated = rotate(base, rotation[:, : max(narrower)])
+    return {
+        dim: truncate_and_normalize(rotated if rotated is not None and dim < native else base, dim)
+        for dim in dims
+    }
 
 
 def output_columns(dims: list[int], precision: str) -> list[str]:
@@ -84,13 +127,19 @@ def output_columns(dims: list[int], precision: str) -> list[str]:
 
 
 def output_vectors(
-    full: np.ndarray, dims: list[int], precision: str, ranges: dict[str, Any] | None
+    base: np.ndarray,
+    dims: list[int],
+    precision: str,
+    ranges: dict[str, Any] | None,
+    *,
+    rotation: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Column name -> matrix for every width and, unless float32, its quantized form."""
+    """Column name -> matrix for every width and, unless float32, its quantized form.
+    `rotation`: only with a base from base_vectors(..., rotate_full_width=False), whose
+    narrower columns it rotates (float_columns)."""
     several = len(dims) > 1
     columns: dict[str, np.ndarray] = {}
-    for dim in dims:
-        vectors = truncate_and_normalize(full, dim)
+    for dim, vectors in float_columns(base, dims, rotation).items():
         columns[vector_column(dim, several)] = vectors
         if precision != "float32":
             dim_ranges = np.asarray(ranges[str(dim)]) if precision in CALIBRATED else None

@@ -12,10 +12,12 @@ import os
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from embedder.attention import choose_attention, flash_attention_available, load_with_attention
 from embedder.batching import (
     DEFAULT_MAX_BATCH_TOKENS,
     FIXED_SHAPE_MAX_BATCH_TOKENS,
@@ -25,6 +27,7 @@ from embedder.batching import (
 )
 from embedder.device import choose_dtype, resolve_device, torch_dtype
 from embedder.memory import peak_rss_bytes
+from embedder.tokens import TextTokenizer, TokenizerSpec, Tokens, load_text_tokenizer_from
 from embedder.vectors import bad_rows, truncate_and_normalize
 from embedder.weights import Weights, check_weights, locate
 
@@ -56,6 +59,20 @@ class ReplicaSpec:
     fixed_shape_batches: bool = False
     # The weights this replica must load (embedder.weights): "" loads whatever is found.
     weights_digest: str = ""
+    # "auto": flash attention 2 on unpadded inputs where it applies, else SDPA (embedder.attention).
+    attention: str = "auto"
+
+    def tokenizer_spec(self) -> TokenizerSpec:
+        """The tokenizer this spec's replicas check and take token ids from."""
+        return TokenizerSpec(
+            self.source,
+            self.source_is_local,
+            self.local_package,
+            self.revision,
+            self.max_tokens,
+            self.document_prompt,
+            self.document_prompt_name,
+        )
 
     def locate_weights(self) -> Weights:
         """The weights this spec names, as found on this machine."""
@@ -164,7 +181,9 @@ class Replica:
         # Found and checked once: the fp32 copy for NaN rows loads the same files.
         self.weights = spec.locate_weights()
         check_weights(self.weights, spec.weights_digest)
-        self.model = load_model(spec, self.weights, self.device, self.dtype)
+        self.model, self.attention = load_model(
+            spec, self.weights, self.device, self.dtype, self.compute_capability
+        )
         self.load_seconds = time.perf_counter() - started
         if spec.max_tokens:
             self.model.max_seq_length = min(spec.max_tokens, self.model.max_seq_length or 10**9)
@@ -178,6 +197,8 @@ class Replica:
         self.max_batch_tokens = max(budget, self.max_seq_length)
         self.fp32_model = None  # loaded on the first NaN under reduced precision
         self.stats = ReplicaStats()
+        self.layout: Layout | None = None
+        self.text_tokenizer, self.tokenized_by = self.check_tokenizer()
 
     def for_prompt(self, prompt: str = "", prompt_name: str = "") -> Replica:
         """The same loaded model with another prompt (queries use the query prompt)."""
@@ -187,6 +208,7 @@ class Replica:
         )
         other.prompt = prompt or self.model.prompts.get(prompt_name, "")
         other.stats = ReplicaStats()
+        other.text_tokenizer, other.tokenized_by = other.check_tokenizer()
         return other
 
     @property
@@ -203,6 +225,12 @@ class Replica:
             "compute_capability": f"{cap[0]}.{cap[1]}" if cap else "",
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
             "max_seq_length": self.model.max_seq_length,
+            "attention": self.attention.describe(),
+            "attention_unpadded": self.attention.unpadded,
+            # Token ids are taken from the read stage when they carry this identity; else
+            # the replica tokenizes, for the reason given.
+            "tokenizer": self.tokenizer_identity,
+            "tokenizes_texts_because": self.tokenized_by,
             "load_seconds": round(self.load_seconds, 3),
         }
 
@@ -220,27 +248,44 @@ class Replica:
         return {"peak_memory_bytes": peak_rss_bytes(), "peak_memory_of": "rss"}
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Unit vectors of width dim, in input order: texts are tokenized once, sorted by
-        length and encoded in micro-batches under the token budget."""
+        """Unit vectors of width dim, in input order: each text tokenized once (here), then
+        as `embed_tokens`."""
+        if self.text_tokenizer is None:
+            return self.embed_inputs(TextInputs(self, texts))
         started = time.perf_counter()
-        lengths = self.token_lengths(texts)
+        tokens = self.text_tokenizer.tokenize(texts)
         self.stats.tokenize_seconds += time.perf_counter() - started
+        return self.embed_tokens(tokens)
+
+    def embed_tokens(self, tokens: Tokens) -> np.ndarray:
+        """Unit vectors of width dim for texts tokenized already (by `tokenizer_identity`'s
+        tokenizer, in the read stage): no text is tokenized again."""
+        self.stats.truncated_texts += tokens.truncated
+        return self.embed_inputs(TokenInputs(self, tokens))
+
+    def embed_inputs(self, inputs: Inputs) -> np.ndarray:
+        """Sorted by length and encoded in micro-batches under the token budget."""
+        lengths = inputs.lengths
+        self.stats.tokens += sum(lengths)
         started = time.perf_counter()
-        out = np.empty((len(texts), self.spec.dim), dtype=np.float32)
+        out = np.empty((len(lengths), self.spec.dim), dtype=np.float32)
         pending = deque(self.plan(lengths, self.max_batch_tokens, self.spec.batch_size))
         while pending:
             batch = pending.popleft()
             try:
-                raw = self.encode_batch(texts, batch)
+                raw = self.encode_batch(inputs, batch)
             except _out_of_memory_errors() as err:
                 pending.extendleft(reversed(self.back_off(batch, lengths, err)))
                 continue
             out[list(batch.rows)] = truncate_and_normalize(raw, self.spec.dim)
             self.stats.batches += 1
-            self.stats.padded_tokens += batch.padded_tokens
+            # Unpadded inputs compute on their real tokens only.
+            unpadded = self.layout is not None and self.layout.flatten
+            real = sum(lengths[i] for i in batch.rows)
+            self.stats.padded_tokens += real if unpadded else batch.padded_tokens
             self.stats.filler_rows += batch.filler_rows
         self.stats.encode_seconds += time.perf_counter() - started
-        self.stats.rows += len(texts)
+        self.stats.rows += len(lengths)
         return out
 
     def back_off(self, batch: MicroBatch, lengths: list[int], err: Exception) -> list[MicroBatch]:
@@ -264,37 +309,38 @@ class Replica:
             )
         return plan_micro_batches(lengths, max_batch_tokens, max_rows)
 
-    def encode_batch(self, texts: list[str], batch: MicroBatch) -> np.ndarray:
+    def encode_batch(self, inputs: Inputs, batch: MicroBatch) -> np.ndarray:
         """Full-width vectors of the batch's rows. Fixed-shape batches are filled up with
         copies of their first text (encoded, then dropped) and padded to their width."""
-        chosen = [texts[i] for i in batch.rows]
-        chosen += chosen[:1] * batch.filler_rows
+        rows = list(batch.rows) + list(batch.rows[:1]) * batch.filler_rows
         real = len(batch.rows)
-        return self.encode_rows(chosen, batch.pad_multiple, real)[:real]
+        return self.encode_rows(inputs, rows, batch.pad_multiple, real)[:real]
 
     def encode_rows(
-        self, texts: list[str], pad_multiple: int = 0, real_rows: int | None = None
+        self, inputs: Inputs, rows: list[int], pad_multiple: int = 0, real_rows: int | None = None
     ) -> np.ndarray:
         """Full-width vectors for one micro-batch; rows that come out NaN, inf or zero under
         reduced precision are encoded again in fp32 (and counted, filler rows excepted)."""
-        raw = self.encode_with(self.model, texts, pad_multiple)
+        raw = inputs.encode(self.model, rows, pad_multiple)
         bad = bad_rows(raw[:, : self.spec.dim])
         if bad.size and self.dtype != "fp32":
             if self.fp32_model is None:
                 # On the CPU, whatever the replica runs on: a second, full-size fp32 copy on
                 # the GPU would not fit where the half-precision one barely does. Rare rows,
                 # redone slowly, instead of an out-of-memory for the whole replica.
-                self.fp32_model = load_model(self.spec, self.weights, "cpu", "fp32")
+                self.fp32_model, _ = load_model(self.spec, self.weights, "cpu", "fp32")
                 self.fp32_model.max_seq_length = self.model.max_seq_length
             raw = np.array(raw, dtype=np.float32)
             if pad_multiple:  # the same shape again, so the fp32 floats are batch-invariant too
-                raw[bad] = self.encode_with(self.fp32_model, texts, pad_multiple)[bad]
+                raw[bad] = inputs.encode(self.fp32_model, rows, pad_multiple)[bad]
             else:
-                raw[bad] = self.encode_with(self.fp32_model, [texts[i] for i in bad])
-            self.stats.nan_redone_rows += int((bad < (real_rows or len(texts))).sum())
+                raw[bad] = inputs.encode(self.fp32_model, [rows[i] for i in bad])
+            self.stats.nan_redone_rows += int((bad < (real_rows or len(rows))).sum())
         return raw
 
-    def encode_with(self, model, texts: list[str], pad_multiple: int = 0) -> np.ndarray:
+    def encode_texts(self, model, texts: list[str], pad_multiple: int = 0) -> np.ndarray:
+        """sentence-transformers' own encode: for models whose tokenization this job does not
+        mirror (embedder.tokens)."""
         kwargs = dict(self.spec.encode_kwargs)
         if pad_multiple:
             # The batch holds texts of one padded width only: padding the longest to a
@@ -313,9 +359,75 @@ class Replica:
             **kwargs,
         ).astype(np.float32, copy=False)
 
+    def encode_features(self, model, features: dict[str, Any]) -> np.ndarray:
+        """The model's forward pass on ready features: what `encode` does after tokenizing."""
+        import torch
+        from sentence_transformers.util import batch_to_device
+
+        with torch.inference_mode():
+            output = model(batch_to_device(features, model.device))
+            return output["sentence_embedding"].float().cpu().numpy()
+
+    def features(
+        self, ids: list[np.ndarray], pad_multiple: int = 0, flatten: bool = True
+    ) -> dict[str, Any]:
+        """The model's input for these token ids, as its own `preprocess` makes it: padded to
+        the longest (or a multiple of `pad_multiple`) on the tokenizer's side, with an
+        attention mask, token types where the model takes them, and the rest of what
+        `preprocess` adds (checked against it: check_tokenizer)."""
+        import torch
+
+        layout = self.layout
+        if layout.flatten and flatten:
+            collated = self.model[0].data_collator([{"input_ids": row.tolist()} for row in ids])
+            collated.pop("labels", None)
+            if layout.position_offset:
+                collated["position_ids"] = collated["position_ids"] + layout.position_offset
+            return dict(collated) | layout.extras
+        longest = max(len(row) for row in ids)
+        width = -(-longest // pad_multiple) * pad_multiple if pad_multiple else longest
+        input_ids = np.full((len(ids), width), layout.pad_id, dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for i, row in enumerate(ids):
+            span = slice(width - len(row), width) if layout.pad_left else slice(0, len(row))
+            input_ids[i, span] = row
+            mask[i, span] = 1
+        features: dict[str, Any] = {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(mask),
+        }
+        if layout.token_types:
+            features["token_type_ids"] = torch.zeros_like(features["input_ids"])
+        return features | layout.extras
+
+    def check_tokenizer(self) -> tuple[TextTokenizer | None, str]:
+        """This job's tokenizer for the model, where it gives exactly the features of the
+        model's own `preprocess` on a probe (prompt included, a text past the length cap);
+        else None and why: the replica then hands texts to sentence-transformers."""
+        if self.spec.backend != "torch" or self.spec.encode_kwargs:
+            return None, "the model's backend or encode arguments are its own"
+        spec = self.spec.tokenizer_spec()
+        tokenizer = load_text_tokenizer_from(Path(self.weights.folder), spec)
+        if tokenizer is None:
+            return None, "its tokenization is not one this job mirrors"
+        if tokenizer.limit != self.max_seq_length or tokenizer.prompt != self.prompt:
+            return None, "its length cap or prompt differs from the model's"
+        probe = PROBE_TEXTS + ["token " * (self.max_seq_length + 8)]
+        reference = self.model.preprocess(probe, prompt=self.prompt or None)
+        self.layout = Layout.of(reference, tokenizer, self.model)
+        ours = self.features(rows_of(tokenizer.tokenize(probe)))
+        if not same_features(ours, reference):
+            return None, "the model's preprocess gives other features than this job's tokenizer"
+        return tokenizer, ""
+
+    @property
+    def tokenizer_identity(self) -> str:
+        """Which tokenizer this replica takes token ids from ("": none, it tokenizes texts)."""
+        return self.text_tokenizer.identity if self.text_tokenizer else ""
+
     def token_lengths(self, texts: list[str]) -> list[int]:
-        """Tokens each text gives the model (prompt included, capped at max length); counts
-        real tokens and texts the cap cuts short."""
+        """Tokens each text gives the model (prompt included, capped at max length), by the
+        model's own tokenizer; counts texts the cap cuts short."""
         limit = self.max_seq_length
         tokenizer = getattr(self.model, "tokenizer", None)
         if tokenizer is None:  # no tokenizer to ask: treat every text as full length
@@ -323,18 +435,100 @@ class Replica:
         prompted = [self.prompt + t for t in texts] if self.prompt else texts
         encoded = tokenizer(prompted, truncation=False, verbose=False)["input_ids"]
         full = [len(ids) for ids in encoded]
-        capped = [min(n, limit) for n in full]
-        self.stats.tokens += sum(capped)
         self.stats.truncated_texts += sum(n > limit for n in full)
-        return capped
+        return [min(n, limit) for n in full]
 
 
-def _keep_padding(model) -> None:
-    """Flash-attention models may pack a batch's texts into one unpadded sequence, whose
-    shape then depends on the batch: fixed-shape batches need the padded path."""
-    first = model[0] if len(model) else None
-    if hasattr(first, "unpad_inputs"):
-        first.unpad_inputs = False
+# Texts that show a tokenizer's differences: plain words, code, outer and inner spaces, accents
+# and CJK (a normalizer that lowercases or strips accents changes their ids).
+PROBE_TEXTS = ["A short Text.", "def f(x):\n    return x  # code", " spaced  out ", "É ü 中文"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the model's own `preprocess` lays out a batch, read from one it made."""
+
+    pad_id: int
+    pad_left: bool
+    token_types: bool
+    flatten: bool
+    position_offset: int
+    extras: dict[str, Any]  # what preprocess adds besides tensors (modality, prompt_length)
+
+    @classmethod
+    def of(cls, reference: dict[str, Any], tokenizer: TextTokenizer, model) -> Layout:
+        import torch
+
+        first = model[0]
+        return cls(
+            pad_id=tokenizer.pad_id,
+            pad_left=tokenizer.padding_side == "left",
+            token_types="token_type_ids" in reference,
+            flatten=bool(getattr(first, "can_flatten_inputs", False)),
+            position_offset=int(getattr(first, "_flatten_position_offset", 0) or 0),
+            extras={k: v for k, v in reference.items() if not isinstance(v, torch.Tensor)},
+        )
+
+
+def rows_of(tokens: Tokens) -> list[np.ndarray]:
+    """Each text's ids as a numpy view into the column's values."""
+    offsets = tokens.ids.offsets.to_numpy()
+    values = tokens.ids.values.to_numpy(zero_copy_only=False)
+    return [values[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+def same_features(ours: dict[str, Any], reference: dict[str, Any]) -> bool:
+    import torch
+
+    if set(ours) != set(reference):
+        return False
+    for key, value in reference.items():
+        mine = ours[key]
+        if isinstance(value, torch.Tensor):
+            if not isinstance(mine, torch.Tensor) or not torch.equal(mine.long(), value.long()):
+                return False
+        elif mine != value:
+            return False
+    return True
+
+
+class Inputs:
+    """What a replica embeds, by row: each row's length in tokens, and vectors of rows."""
+
+    lengths: list[int]
+
+    def encode(self, model, rows: list[int], pad_multiple: int = 0) -> np.ndarray:
+        raise NotImplementedError
+
+
+class TokenInputs(Inputs):
+    """Token ids made by the job's tokenizer: fed to the model as they are."""
+
+    def __init__(self, replica: Replica, tokens: Tokens):
+        self.replica = replica
+        self.rows = rows_of(tokens)
+        self.lengths = [len(row) for row in self.rows]
+
+    def encode(self, model, rows: list[int], pad_multiple: int = 0) -> np.ndarray:
+        # Unpadded (flattened) inputs only for the model loaded with flash attention: the
+        # fp32 copy for NaN rows runs SDPA on the CPU and needs them padded.
+        flatten = model is self.replica.model
+        features = self.replica.features([self.rows[i] for i in rows], pad_multiple, flatten)
+        return self.replica.encode_features(model, features)
+
+
+class TextInputs(Inputs):
+    """Texts that sentence-transformers tokenizes (again, for each micro-batch)."""
+
+    def __init__(self, replica: Replica, texts: list[str]):
+        self.replica = replica
+        self.texts = texts
+        started = time.perf_counter()
+        self.lengths = replica.token_lengths(texts)
+        replica.stats.tokenize_seconds += time.perf_counter() - started
+
+    def encode(self, model, rows: list[int], pad_multiple: int = 0) -> np.ndarray:
+        return self.replica.encode_texts(model, [self.texts[i] for i in rows], pad_multiple)
 
 
 def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
@@ -350,30 +544,55 @@ def _release_cuda_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def load_model(spec: ReplicaSpec, weights: Weights, device: str, dtype: str):
+def load_model(
+    spec: ReplicaSpec,
+    weights: Weights,
+    device: str,
+    dtype: str,
+    compute_capability: tuple[int, int] | None = None,
+):
     """Build the SentenceTransformer from the folder the weights were found in (checked by
-    the caller against the digest the spec pins); nothing touches the hub."""
+    the caller against the digest the spec pins); nothing touches the hub. Returns the model
+    and the attention it really runs (embedder.attention): flash attention 2 on unpadded
+    inputs where the GPU, precision and batches allow it, else SDPA on padded batches."""
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as transformers_logging
 
     # A "Loading weights" bar per replica load says nothing in a batch job's log.
     transformers_logging.disable_progress_bar()
-    kwargs: dict[str, Any] = {
-        "device": device,
-        "trust_remote_code": spec.trust_remote_code,
-        "backend": spec.backend,
-        "local_files_only": True,
-    }
-    if spec.backend == "torch":
-        # Loaded in the dtype it runs in: loading in fp32 and then casting would hold both
-        # copies at once (e5-mistral-7b: 28 GB on the way to 14 GB).
-        kwargs["model_kwargs"] = {"dtype": torch_dtype(dtype)}
-    model = SentenceTransformer(weights.folder, **kwargs)
-    if spec.backend == "torch" and dtype != "fp32":
-        # Modules outside the transformer (pooling, dense heads) are small: cast them too.
-        # Parameters already in this dtype are not copied.
-        model = model.to(torch_dtype(dtype))
-    if spec.fixed_shape_batches:
-        _keep_padding(model)
-    model.eval()
-    return model
+    on_gpu_torch = device == "cuda" and spec.backend == "torch"
+    attention = choose_attention(
+        device,
+        compute_capability,
+        spec.fixed_shape_batches,
+        flash_attention_available() if on_gpu_torch else "",
+        backend=spec.backend,
+        dtype=dtype,
+        requested=spec.attention,
+    )
+
+    def load(attention_kwargs: dict[str, Any]):
+        kwargs: dict[str, Any] = {
+            "device": device,
+            "trust_remote_code": spec.trust_remote_code,
+            "backend": spec.backend,
+            "local_files_only": True,
+        }
+        if spec.backend == "torch":
+            # Loaded in the dtype it runs in: loading in fp32 and then casting would hold both
+            # copies at once (e5-mistral-7b: 28 GB on the way to 14 GB).
+            kwargs["model_kwargs"] = {"dtype": torch_dtype(dtype), **attention_kwargs}
+        model = SentenceTransformer(weights.folder, **kwargs)
+        if spec.backend == "torch" and dtype != "fp32":
+            # Modules outside the transformer (pooling, dense heads) are small: cast them too.
+            # Parameters already in this dtype are not copied.
+            model = model.to(torch_dtype(dtype))
+        return model.eval()
+
+    # One short text through the unpadded path: a kernel that loads but cannot run falls back.
+    def check(model) -> None:
+        model.encode(["attention check"], show_progress_bar=False)
+
+    # Fixed-shape batches are padded whatever was asked: load_with_attention switches
+    # unpadding off for every padded choice.
+    return load_with_attention(load, attention, check=check if attention.unpadded else None)

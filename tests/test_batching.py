@@ -97,11 +97,9 @@ def test_replica_returns_vectors_in_input_order_equal_to_unsorted_encoding(
 ):
     replica = make_replica(model_path, max_batch_tokens=1024)
     seen_batches = []
-    real_encode = replica.model.encode
 
-    def watch(inputs, batch_size, **kwargs):
-        seen_batches.append(len(inputs) * max(replica.token_lengths(inputs)))
-        return real_encode(inputs, batch_size=batch_size, **kwargs)
+    def watch(module, args):
+        seen_batches.append(args[0]["input_ids"].numel())  # rows x padded width
 
     ours = replica.embed(mixed_length_texts)
     reference = reference_vectors(bare_model, mixed_length_texts, 384)
@@ -110,7 +108,7 @@ def test_replica_returns_vectors_in_input_order_equal_to_unsorted_encoding(
     assert replica.stats.padded_tokens <= replica.stats.batches * 1024
     assert replica.stats.truncated_texts >= 1  # the "x " * 900 text, at least
 
-    replica.model.encode = watch
+    replica.model.register_forward_pre_hook(watch)
     replica.embed(mixed_length_texts[:40])
     assert seen_batches and max(seen_batches) <= 1024
 
@@ -134,16 +132,14 @@ def test_a_fake_out_of_memory_on_the_first_try_splits_the_batch_and_finishes(
     model_path, bare_model, mixed_length_texts
 ):
     replica = make_replica(model_path, max_batch_tokens=8192)
-    real_encode = replica.model.encode
     calls = {"n": 0}
 
-    def out_of_memory_once(inputs, batch_size, **kwargs):
+    def out_of_memory_once(module, args):
         calls["n"] += 1
         if calls["n"] == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_encode(inputs, batch_size=batch_size, **kwargs)
 
-    replica.model.encode = out_of_memory_once
+    replica.model.register_forward_pre_hook(out_of_memory_once)
     ours = replica.embed(mixed_length_texts)
     assert replica.stats.oom_retries == 1 and replica.max_batch_tokens == 4096
     reference = reference_vectors(bare_model, mixed_length_texts, 384)

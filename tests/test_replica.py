@@ -70,14 +70,12 @@ def test_out_of_memory_halves_the_token_budget_and_keeps_the_one_that_worked(
     """A CPU box cannot run out of GPU memory, so the model raises CUDA's OOM error above 1024
     padded tokens per forward pass; the vectors still come from the real model."""
     replica = make_replica(model_path, device="cpu", max_batch_tokens=8192)
-    real_encode = replica.model.encode
 
-    def encode_with_small_memory(inputs, batch_size, **kwargs):
-        if len(inputs) * max(replica.token_lengths(inputs)) > 1024:
+    def small_memory(module, args):
+        if args[0]["input_ids"].numel() > 1024:  # rows x padded width
             raise torch.OutOfMemoryError("CUDA out of memory (simulated cap)")
-        return real_encode(inputs, batch_size=batch_size, **kwargs)
 
-    replica.model.encode = encode_with_small_memory
+    replica.model.register_forward_pre_hook(small_memory)
     ours = replica.embed(texts)
     assert replica.max_batch_tokens == 1024 and replica.stats.oom_retries >= 3
     reference = reference_vectors(bare_model, texts, 384)
@@ -90,10 +88,10 @@ def test_out_of_memory_halves_the_token_budget_and_keeps_the_one_that_worked(
 def test_out_of_memory_on_a_single_text_is_raised(model_path, texts):
     replica = make_replica(model_path, device="cpu")
 
-    def always_out_of_memory(inputs, batch_size, **kwargs):
+    def always_out_of_memory(module, args):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    replica.model.encode = always_out_of_memory
+    replica.model.register_forward_pre_hook(always_out_of_memory)
     with pytest.raises(torch.OutOfMemoryError):
         replica.embed(texts[:2])
 

@@ -66,7 +66,17 @@ def test_full_dim_dot_products_are_unchanged_by_the_rotation(rotated_run, mixed_
     )
     plain = reference_vectors(bare_model, [mixed_corpus["expected"][i]["text"] for i in ids], 384)
     np.testing.assert_allclose(stored @ stored.T, plain @ plain.T, atol=1e-5)
-    assert np.abs(stored - plain).max() > 0.1  # rotated indeed
+    # The full-width column is not rotated (an orthogonal rotation would change none of its
+    # dot products); the 64 column is.
+    np.testing.assert_allclose(stored, plain, atol=1e-5)
+    narrow = np.concatenate(
+        [
+            np.asarray(t.column("embedding_64").to_pylist(), dtype=np.float32)
+            for t in tables.values()
+        ]
+    )
+    plain_64 = reference_vectors(bare_model, [mixed_corpus["expected"][i]["text"] for i in ids], 64)
+    assert np.abs(narrow - plain_64).max() > 0.1  # rotated indeed
 
 
 def test_a_text_gets_the_same_rotated_vector_whichever_replica_block_or_rerun(
@@ -106,7 +116,11 @@ def test_a_text_gets_the_same_rotated_vector_whichever_replica_block_or_rerun(
     finally:
         torch.set_num_threads(threads)
     want = output_vectors(
-        base_vectors(alone, rotation, 384), [384, 64], "int8", manifest["calibration"]["ranges"]
+        base_vectors(alone, rotation, 384, rotate_full_width=False),
+        [384, 64],
+        "int8",
+        manifest["calibration"]["ranges"],
+        rotation=rotation,
     )
     for name, matrix in want.items():
         written = [row for t in tables.values() for row in t.column(name).to_pylist()]

@@ -61,7 +61,10 @@ class Block:
         """The rows as one table per collection: what each output file will hold."""
         if self.parts is not None:
             return self.parts
-        return [self.rows.take(pa.array(rows)) for rows in self.rows_by_collection.values()]
+        groups = list(self.rows_by_collection.values())
+        if len(groups) == 1:  # the usual block: its rows as they are, not a copy
+            return [self.rows]
+        return [self.rows.take(pa.array(rows)) for rows in groups]
 
 
 def rows_per_collection(rows: pa.Table) -> dict[str, list[int]]:

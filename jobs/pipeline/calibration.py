@@ -6,6 +6,12 @@ depend on the order of the files and a rerun draws the same. It is embedded once
 a Ray task that has a replica's resources). The ranges are written to OUTPUT before any block;
 a resumed run reads them back, so every batch, every replica and every rerun of one OUTPUT
 quantizes with the same scale (and queries can use it too: the manifest repeats it).
+
+With --rotate pca the record names the rotation matrix and `rotated_dims`, the widths cut from
+rotated vectors: those narrower than the model's native dim. A full-width column is not
+rotated (embedder.outputs.base_vectors). An OUTPUT calibrated before that layout (no
+`rotated_dims`) rotated its full-width column too: its queries are still encoded that way
+(`rotates_full_width`), but a run does not resume it (it would mix the two layouts).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from jobs.pipeline.folders import (
     CALIBRATION,
     ROTATION,
     InputFolder,
+    OutputError,
     OutputFolder,
     StorageReadError,
 )
@@ -76,14 +83,22 @@ def load_or_calibrate(
     `embed(sample())` (then recorded): the sample is read and embedded only when OUTPUT holds
     no calibration yet. None when the run needs none (float32, no rotation).
 
-    The record: `rows` (the sample's size), `rotation` (where the matrix is) when the run
-    rotates, `ranges` (per dim, [minimums, maximums]) when it quantizes to int8/uint8, taken
-    after the rotation. The rotation matrix is written before the record that names it.
+    The record: `rows` (the sample's size), `rotation` (where the matrix is) and
+    `rotated_dims` when the run rotates, `ranges` (per dim, [minimums, maximums]) when it
+    quantizes to int8/uint8, taken on the vectors written at that dim (rotated or not). The
+    rotation matrix is written before the record that names it.
     """
     if precision not in CALIBRATED and rotate == "none":
         return None
     recorded = output.read_json(CALIBRATION)
     if recorded is not None:
+        if rotates_full_width(recorded) and recorded["rotation"].get("dim") == dims[0]:
+            raise OutputError(
+                f"{output.url(CALIBRATION)} is from an earlier layout of --rotate pca, which "
+                f"rotated the full-width column ({dims[0]} dims) too: a run would now write it "
+                "unrotated, and the two cannot be mixed in one OUTPUT. Embed into a new OUTPUT "
+                "or rerun with --overwrite"
+            )
         return recorded
     texts = sample()
     if not texts:  # no valid row to calibrate on (and so no block to embed): decided later
@@ -94,11 +109,20 @@ def load_or_calibrate(
     if rotate == "pca":
         rotation = pca_rotation(full)
         output.write_bytes(ROTATION, rotation_bytes(rotation))
-        record["rotation"] = {"method": "pca", "file": ROTATION, "dim": int(full.shape[1])}
+        native = int(full.shape[1])
+        record["rotation"] = {"method": "pca", "file": ROTATION, "dim": native}
+        record["rotated_dims"] = [dim for dim in dims if dim < native]
     if precision in CALIBRATED:
-        record["ranges"] = calibration_ranges(base_vectors(full, rotation, dims[0]), dims)
+        base = base_vectors(full, rotation, dims[0], rotate_full_width=False)
+        record["ranges"] = calibration_ranges(base, dims, rotation=rotation)
     output.write_json(CALIBRATION, record)
     return record
+
+
+def rotates_full_width(record: dict[str, Any] | None) -> bool:
+    """Whether an OUTPUT with this calibration record rotated its full-width column too: one
+    with a rotation calibrated before `rotated_dims` was recorded."""
+    return bool(record and record.get("rotation")) and "rotated_dims" not in record
 
 
 def load_rotation(output: OutputFolder, record: dict[str, Any] | None) -> np.ndarray | None:

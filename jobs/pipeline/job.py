@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from embedder import ReplicaSpec
 from embedder.outputs import output_columns
 from embedder.replica import place
+from embedder.tokens import TokenizerSpec
 from embedder.weights import Weights
 from jobs.pipeline import calibration, commit, dry_run, duplicates, manifest, quiet, summary
 from jobs.pipeline.folders import (
@@ -483,7 +484,7 @@ def run_on_ray(
     replica_spec = replica_spec_for(job, placement)
     lease.check()
     calibrated = calibrate(job, readable, scan.sample, replica_spec, placement)
-    stage_spec = stage_spec_for(job, calibrated, lease.run_id)
+    stage_spec = stage_spec_for(job, calibrated, lease.run_id, replica_spec.tokenizer_spec())
     work = plan_work(
         job.input_files, scan, job.output, stage_spec.fingerprint_id, settings.block_rows, listing
     )
@@ -541,9 +542,11 @@ def log_plan(work: Work) -> None:
     )
 
 
-def stage_spec_for(job: Job, calibrated: dict | None, run_id: str = "") -> StageSpec:
+def stage_spec_for(
+    job: Job, calibrated: dict | None, run_id: str = "", tokenizer: TokenizerSpec | None = None
+) -> StageSpec:
     """What every stage needs to know of this run (`run_id`: the lease's, checked before each
-    commit)."""
+    commit; `tokenizer`: the replicas', for the read stage)."""
     settings = job.settings
     return StageSpec(
         input=job.input,
@@ -557,6 +560,7 @@ def stage_spec_for(job: Job, calibrated: dict | None, run_id: str = "") -> Stage
         ranges=(calibrated or {}).get("ranges"),
         rotation=calibration.load_rotation(job.output, calibrated),
         run_id=run_id,
+        tokenizer=tokenizer,
     )
 
 

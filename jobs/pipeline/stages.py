@@ -28,15 +28,24 @@ import pyarrow as pa
 
 from embedder import Replica, ReplicaSpec
 from embedder.outputs import base_vectors, output_vectors, vector_column
+from embedder.tokens import TextTokenizer, TokenizerSpec, Tokens, load_text_tokenizer
 from jobs.pipeline import commit, quiet
 from jobs.pipeline.blocks import Block, read_planned
-from jobs.pipeline.envelopes import envelope, pack, pack_parts, to_table, unpack, unpack_parts
+from jobs.pipeline.envelopes import (
+    envelope,
+    from_table,
+    pack,
+    pack_parts,
+    to_table,
+    unpack,
+    unpack_parts,
+)
 from jobs.pipeline.folders import InputFolder, OutputFolder, OutputWriteError, StorageReadError
 from jobs.pipeline.lease import LeaseLost, check_holder
 from jobs.pipeline.manifest import Tally
 from jobs.pipeline.placement import Placement
 from jobs.pipeline.progress import Progress
-from jobs.pipeline.reading import ROW, ROW_KEY, Columns
+from jobs.pipeline.reading import ROW, Columns
 from jobs.pipeline.rejections import Rejection, count_by_kind
 from jobs.pipeline.units import BlockId
 from jobs.pipeline.work import ToDo, Work, WorkItem, unread_envelope
@@ -62,6 +71,8 @@ class StageSpec:
     precision: str = "float32"
     ranges: dict[str, Any] | None = None  # int8/uint8 calibration, per dim
     rotation: np.ndarray | None = None  # --rotate pca: native x native, orthogonal
+    # The replicas' tokenizer, for the read stage to tokenize with (None: replicas tokenize).
+    tokenizer: TokenizerSpec | None = None
     # The run that holds OUTPUT's lease: each commit first checks that it still does ("": no
     # check, for callers that hold no lease).
     run_id: str = ""
@@ -99,11 +110,14 @@ def read_stage(batch: pa.Table, stage_spec: StageSpec) -> Iterator[pa.Table]:
 
 
 def read_envelope(block: Block, to_do: ToDo, stage_spec: StageSpec) -> dict[str, Any]:
-    """A block's envelope: its rows, whatever earlier vectors fit and its rejections, for the
-    write stage to commit; a block without rows commits its rejection list here."""
+    """A block's envelope: its rows, whatever earlier vectors fit, the token ids of the rest
+    and its rejections, for the write stage to commit; a block without rows commits its
+    rejection list here."""
     report = block_report(block)
     inputs = to_do.planned.inputs()
-    rows, rejections = pack_parts(block.collection_parts()), rejection_lines(block.rejections)
+    parts = block.collection_parts()
+    # The block's one copy before its file: its rows packed (and hashed) once.
+    rows, rejections = pack_parts(parts), rejection_lines(block.rejections)
     content = commit.content_hash(inputs, rows, rejections)
     figures = envelope(
         block_id=str(block.id),
@@ -141,7 +155,46 @@ def read_envelope(block: Block, to_do: ToDo, stage_spec: StageSpec) -> dict[str,
             stage_spec.reuse_column,
             stage_spec.output,
         )
-    return figures | {"block": rows, "reuse": pack(earlier) if earlier is not None else b""}
+    reused = set(earlier.column("key").to_pylist()) if earlier is not None else set()
+    tokenizer = load_text_tokenizer(stage_spec.tokenizer) if stage_spec.tokenizer else None
+    tokens, truncated = token_table(parts, reused, tokenizer)
+    return figures | {
+        "block": rows,
+        "reuse": pack(earlier) if earlier is not None else b"",
+        "tokens": pack(tokens),
+        "tokenizer": tokenizer.identity if tokenizer else "",
+        "truncated": truncated,
+    }
+
+
+def token_table(
+    parts: list[pa.Table], reused: set[str], tokenizer: TextTokenizer | None
+) -> tuple[pa.Table, int]:
+    """Per row of the block (its parts in order): its key and, with a tokenizer, the token ids
+    of rows that need encoding (none for rows whose earlier vector is reused); and how many
+    texts the tokenizer cut short. Tokenized here, on the read stage's CPU, so that the
+    replica never tokenizes."""
+    texts = [t for part in parts for t in part.column("text").to_pylist()]
+    ids = [i for part in parts for i in part.column("id").to_pylist()]
+    keys = commit.row_keys(ids, texts)
+    columns: dict[str, Any] = {"key": pa.array(keys, pa.string())}
+    if tokenizer is None:
+        return pa.table(columns), 0
+    todo = [i for i, key in enumerate(keys) if key not in reused]
+    tokens = tokenizer.tokenize([texts[i] for i in todo])
+    columns["ids"] = spread(tokens.ids, todo, len(keys))
+    return pa.table(columns), tokens.truncated
+
+
+def spread(ids: pa.ListArray, rows: list[int], total: int) -> pa.ListArray:
+    """`ids` (one list per row in `rows`) as a column of `total` rows, empty elsewhere."""
+    if len(rows) == total:
+        return ids
+    lengths = np.zeros(total, dtype=np.int32)
+    lengths[rows] = np.diff(ids.offsets.to_numpy())
+    offsets = np.zeros(total + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), ids.values)
 
 
 def block_report(block: Block) -> dict[str, Any]:
@@ -165,7 +218,7 @@ def commit_rejections(item: dict[str, Any], stage_spec: StageSpec) -> dict[str, 
         return {"rejections": b""}
     stage_spec.check_lease()
     relpath = stage_spec.output.write_rejections(
-        BlockId.parse(item["block_id"]), item["rejections"]
+        BlockId.parse(item["block_id"]), bytes(item["rejections"])
     )
     return {"rejections": b"", "rejections_file": relpath}
 
@@ -197,9 +250,15 @@ class EmbedBatches:
         info = self.info
         where = f"{info['gpu_name']} (compute capability {info['compute_capability']})"
         # print, not logging: Ray forwards a replica's stdout to the driver's.
+        tokens = (
+            "token ids from the read stage"
+            if info["tokenizer"]
+            else f"tokenizes texts itself ({info['tokenizes_texts_because']})"
+        )
         print(
             f"replica {self.replica_id[:8]} on {where if info['gpu_name'] else 'cpu'} in "
-            f"{info['dtype']}, CUDA_VISIBLE_DEVICES={info['cuda_visible_devices'] or '-'}",
+            f"{info['dtype']}, attention {info['attention']}, {tokens}, "
+            f"CUDA_VISIBLE_DEVICES={info['cuda_visible_devices'] or '-'}",
             flush=True,
         )
         self.report()
@@ -209,7 +268,7 @@ class EmbedBatches:
             embed_block(item, self.replica, self.stage_spec) | {"replica_id": self.replica_id}
             if item["block"]
             else item
-            for item in batch.to_pylist()
+            for item in from_table(batch)
         ]
         self.report()
         return to_table(items)
@@ -224,39 +283,56 @@ class EmbedBatches:
 
 
 def embed_block(item: dict[str, Any], replica: Replica, stage_spec: StageSpec) -> dict[str, Any]:
-    """Vectors for the block's rows: reused where id and text are unchanged, else encoded (the
-    rows of all its collections in one call)."""
-    parts = unpack_parts(item["block"])
-    texts = [t for part in parts for t in part.column("text").to_pylist()]
-    ids = [i for part in parts for i in part.column("id").to_pylist()]
-    keys = commit.row_keys(ids, texts)
+    """Vectors for the block's rows: reused where id and text are unchanged, else encoded from
+    the read stage's token ids (the rows of all its collections in one call). Returns them as
+    their own table, key first; the block's rows pass through untouched."""
+    tokens = unpack(item["tokens"])
+    keys = tokens.column("key").to_pylist()
     dim = stage_spec.dims[0]
     reuse = reuse_index(unpack(item["reuse"]), dim) if item["reuse"] else {}
     vectors = np.empty((len(keys), dim), dtype=np.float32)
     todo = [i for i, key in enumerate(keys) if key not in reuse]
     if todo:
-        encoded = replica.embed([texts[i] for i in todo])
-        vectors[todo] = base_vectors(encoded, stage_spec.rotation, stage_spec.dims[0])
+        encoded = encode_rows(item, tokens, todo, replica)
+        vectors[todo] = base_vectors(
+            encoded, stage_spec.rotation, stage_spec.dims[0], rotate_full_width=False
+        )
     for i, key in enumerate(keys):
         if key in reuse:
             vectors[i] = reuse[key]
     columns = output_vectors(
-        vectors, list(stage_spec.dims), stage_spec.precision, stage_spec.ranges
+        vectors,
+        list(stage_spec.dims),
+        stage_spec.precision,
+        stage_spec.ranges,
+        rotation=stage_spec.rotation,
     )
-    embedded, start = [], 0
-    for part in parts:
-        end = start + part.num_rows
-        for name, matrix in columns.items():
-            part = part.append_column(name, embedding_column(matrix[start:end]))
-        part = part.append_column(ROW_KEY, pa.array(keys[start:end], pa.string()))
-        embedded.append(part.drop_columns(["text"]) if stage_spec.drop_text else part)
-        start = end
+    table = pa.table(
+        {"key": tokens.column("key")} | {n: embedding_column(m) for n, m in columns.items()}
+    )
     return item | {
-        "block": pack_parts(embedded),
+        "vectors": pack(table),
+        "tokens": b"",
         "reuse": b"",
         "embedded": len(todo),
         "reused": len(keys) - len(todo),
     }
+
+
+def encode_rows(
+    item: dict[str, Any], tokens: pa.Table, todo: list[int], replica: Replica
+) -> np.ndarray:
+    """The replica's vectors of rows `todo`: from the read stage's token ids when they come
+    from the tokenizer this replica checked, else from the texts (tokenized here)."""
+    identity = getattr(replica, "tokenizer_identity", "")
+    if identity and item["tokenizer"] == identity:
+        ids = tokens.column("ids").combine_chunks()
+        if len(todo) != len(ids):
+            ids = ids.take(pa.array(todo, pa.int64()))
+        return replica.embed_tokens(Tokens(ids, item["truncated"]))
+    parts = unpack_parts(item["block"])
+    texts = [t for part in parts for t in part.column("text").to_pylist()]
+    return replica.embed([texts[i] for i in todo])
 
 
 def embedding_column(matrix: np.ndarray) -> pa.FixedSizeListArray:
@@ -281,6 +357,8 @@ def failure_envelope(item: dict[str, Any], failure: Exception) -> dict[str, Any]
     return item | {
         "block": b"",
         "reuse": b"",
+        "tokens": b"",
+        "vectors": b"",
         "rejections": b"",
         "failure": kind,
         "failed": str(failure),
@@ -298,7 +376,7 @@ def raise_failures(results: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]
 def write_stage(batch: pa.Table, stage_spec: StageSpec) -> pa.Table:
     """Ray map_batches function: commit each embedded block, one Parquet file per collection."""
     items = []
-    for item in batch.to_pylist():
+    for item in from_table(batch):
         if item["block"]:
             try:
                 item = item | commit_rejections(item, stage_spec)
@@ -306,15 +384,17 @@ def write_stage(batch: pa.Table, stage_spec: StageSpec) -> pa.Table:
             except FAILURES as failure:
                 item = failure_envelope(item, failure)
             else:
-                item = item | {"files": files, "written": True, "block": b""}
+                item = item | {"files": files, "written": True, "block": b"", "vectors": b""}
         items.append(item)
     return to_table(items)
 
 
 def write_block(item: dict[str, Any], stage_spec: StageSpec) -> list[dict[str, Any]]:
-    """The block's files, one per collection, each footer saying which fingerprint and
-    content made it (jobs.pipeline.commit); returns each file with its rows."""
+    """The block's files, one per collection: its rows beside their vectors, each footer
+    saying which fingerprint and content made it (jobs.pipeline.commit); returns each file
+    with its rows."""
     parts = unpack_parts(item["block"])
+    vectors = unpack(item["vectors"])
     block_id = BlockId.parse(item["block_id"])
     stage_spec.check_lease()
     inputs = json.loads(item["inputs"])
@@ -323,17 +403,20 @@ def write_block(item: dict[str, Any], stage_spec: StageSpec) -> list[dict[str, A
         "rejected_by_kind": dict(item["rejected_by_kind"]),
         "cuts": item["cuts"],
     }
-    written = []
+    written, start = [], 0
     for part in parts:
         collection = part.column("collection")[0].as_py()
-        keys = part.column(ROW_KEY).to_pylist()
-        part = part.drop_columns(["collection", ROW, ROW_KEY])
+        mine = vectors.slice(start, part.num_rows)  # a view: no copy
+        start += part.num_rows
+        for name in mine.column_names[1:]:
+            part = part.append_column(name, mine.column(name))
+        part = part.drop_columns(["collection", ROW] + (["text"] if stage_spec.drop_text else []))
         metadata = commit.footer(
             stage_spec.fingerprint_id,
             item["signature"],
             item["content_hash"],
             len(parts),
-            keys,
+            mine.column("key").to_pylist(),
             inputs,
             report,
         )

@@ -5,9 +5,11 @@ needed where queries are embedded), revision, token cap, dims, precision and int
 the batch settings that fixed-shape batches depend on. The model is loaded through the same
 code as a replica (`embedder.Replica`), and only when the weights found here are those the
 run recorded (their digest; WeightsMismatch otherwise); vectors are derived by the same
-functions as the job's columns (`embedder.outputs`): rotated with the stored rotation,
-truncated, re-normalized, quantized with the stored ranges. Only the prompt differs: the
-model's query prompt, or with `as_documents` the document prompt, to re-embed a stored row.
+functions as the job's columns (`embedder.outputs`): rotated with the stored rotation (the
+columns narrower than the model's native dim; every column for an OUTPUT calibrated before
+that layout), truncated, re-normalized, quantized with the stored ranges. Only the prompt
+differs: the model's query prompt, or with `as_documents` the document prompt, to re-embed a
+stored row.
 
 An OUTPUT may come from someone else: its manifest is data. Nothing it names is imported or
 read unless it is safe (`trusted_model_spec`, `OutputFolder.inside`): a package that ships
@@ -28,7 +30,7 @@ from pydantic import ValidationError
 from embedder import Replica, ReplicaSpec
 from embedder.outputs import base_vectors, output_columns, output_vectors
 from embedder.weights import WeightsMismatch
-from jobs.pipeline.calibration import load_rotation
+from jobs.pipeline.calibration import load_rotation, rotates_full_width
 from jobs.pipeline.folders import MANIFEST, OutputError, OutputFolder, resolves_inside
 from jobs.pipeline.manifest import MANIFEST_VERSION
 from registry import ModelSpec, Registry, check_remote_code
@@ -129,6 +131,9 @@ class QueryEncoder:
             self.rotation = load_rotation(output, manifest["calibration"])
         except OutputError as err:
             raise ManifestError(str(err)) from None
+        # As OUTPUT's documents were: the full-width column unrotated, unless OUTPUT is from
+        # the layout that rotated it too.
+        self.rotate_full_width = rotates_full_width(manifest["calibration"])
         replica_spec = ReplicaSpec.for_outputs(
             self.model_spec,
             self.dims,
@@ -176,5 +181,9 @@ class QueryEncoder:
         """Every vector column of OUTPUT for `texts`: with the model's query prompt, or with
         the document prompt when `as_documents` (to re-embed a stored row)."""
         replica = self.documents if as_documents else self.queries
-        base = base_vectors(replica.embed(list(texts)), self.rotation, self.dims[0])
-        return output_vectors(base, self.dims, self.precision, self.ranges)
+        full = replica.embed(list(texts))
+        base = base_vectors(
+            full, self.rotation, self.dims[0], rotate_full_width=self.rotate_full_width
+        )
+        rotation = None if self.rotate_full_width else self.rotation
+        return output_vectors(base, self.dims, self.precision, self.ranges, rotation=rotation)

@@ -1,0 +1,174 @@
+"""Token ids made once per text, wherever there is a CPU to spare.
+
+A replica on a GPU runs a small model faster than its one CPU can tokenize, so the job
+tokenizes in the read stage (on the other CPUs) and the replica feeds those ids to the model
+directly: each text is tokenized exactly once. `TextTokenizer` is the model's own text
+tokenizer, loaded from the weights' folder without loading the weights, and set up as
+sentence-transformers sets it up (its module's `max_seq_length`, then the run's max tokens,
+truncating longest first, special tokens added, the document prompt in front).
+
+Mirroring sentence-transformers is checked, never assumed: a replica tokenizes a probe with
+the model's own `preprocess` and with this tokenizer, and uses ids from the read stage only
+when the two agree and the ids carry the identity of the tokenizer it checked
+(`Replica.check_tokenizer`). Any other model (a lowercasing module, a chat template, a
+non-torch backend, encode arguments of its own) is tokenized on the replica as before.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from embedder.source import resolve_source
+
+TOKENS = pa.list_(pa.int32())
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Token ids of some texts (a list<int32> column, one row per text) and how many of the
+    texts the length cap cut short."""
+
+    ids: pa.ListArray
+    truncated: int
+
+    def lengths(self) -> list[int]:
+        offsets = self.ids.offsets.to_numpy()
+        return np.diff(offsets).tolist()
+
+    def take(self, rows: list[int]) -> Tokens:
+        return Tokens(self.ids.take(pa.array(rows, pa.int64())), 0)
+
+
+class TextTokenizer:
+    """The model's text tokenizer, capped at `limit` tokens, with the prompt in front."""
+
+    def __init__(self, tokenizer, limit: int, prompt: str = ""):
+        from tokenizers import Tokenizer
+
+        # A copy of the fast tokenizer's Rust core, set to truncate and never pad: the
+        # tokenizer.json a model ships may carry a padding or truncation of its own.
+        self.backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        self.backend.no_padding()
+        self.backend.enable_truncation(limit, strategy="longest_first")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.padding_side = tokenizer.padding_side
+        self.limit = limit
+        self.prompt = prompt
+        self.identity = hashlib.sha256(
+            json.dumps(
+                [self.backend.to_str(), limit, prompt, self.pad_id, self.padding_side]
+            ).encode("utf-8", "surrogatepass")
+        ).hexdigest()[:16]
+
+    def tokenize(self, texts: list[str]) -> Tokens:
+        """Each text's ids (prompt included, capped at the limit), as one Arrow column."""
+        prompted = [self.prompt + t for t in texts] if self.prompt else texts
+        encodings = self.backend.encode_batch(prompted)
+        ids = [e.ids for e in encodings]
+        lengths = np.fromiter((len(i) for i in ids), dtype=np.int32, count=len(ids))
+        offsets = np.zeros(len(ids) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        values = np.fromiter(
+            itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1])
+        )
+        column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+        return Tokens(column, sum(bool(e.overflowing) for e in encodings))
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """Which model's tokenizer, and how it is set up: small and picklable, so that the read
+    stage loads the same tokenizer as the replicas, from the same weights found on its own
+    machine (embedder.source)."""
+
+    source: str
+    source_is_local: bool
+    local_package: str = ""
+    revision: str = ""
+    max_tokens: int | None = None
+    prompt: str = ""
+    prompt_name: str = ""
+
+    def folder(self) -> Path:
+        """The weights' folder here, never downloaded (FileNotFoundError when absent)."""
+        folder, local = resolve_source(self.source, self.source_is_local, self.local_package)
+        if not local:
+            from huggingface_hub import snapshot_download
+
+            folder = snapshot_download(
+                self.source, revision=self.revision or None, local_files_only=True
+            )
+        return Path(folder)
+
+
+@functools.lru_cache(maxsize=4)
+def load_text_tokenizer(spec: TokenizerSpec) -> TextTokenizer | None:
+    """The tokenizer `spec` names, once per process; None where this job does not mirror
+    the model's tokenization (see the module's notes) or its files are not here."""
+    try:
+        return load_text_tokenizer_from(spec.folder(), spec)
+    except Exception:  # noqa: BLE001 - any failure only means: the replica tokenizes
+        return None
+
+
+def load_text_tokenizer_from(folder: Path, spec: TokenizerSpec) -> TextTokenizer | None:
+    """As load_text_tokenizer, from a folder found already (a replica's weights)."""
+    first = first_module(folder)
+    if first is None:
+        return None
+    module_dir = folder / first.get("path", "")
+    config = read_json(module_dir / "sentence_bert_config.json")
+    if config.get("do_lower_case") or config.get("modality_config"):
+        return None
+    from transformers import AutoTokenizer
+
+    kwargs = dict(config.get("processor_kwargs") or config.get("tokenizer_args") or {})
+    tokenizer = AutoTokenizer.from_pretrained(str(module_dir), local_files_only=True, **kwargs)
+    if not tokenizer.is_fast or getattr(tokenizer, "chat_template", None):
+        return None
+    limit = module_limit(tokenizer, config, read_json(module_dir / "config.json"))
+    if spec.max_tokens:
+        limit = min(limit, spec.max_tokens)
+    prompt = spec.prompt or prompts(folder).get(spec.prompt_name, "")
+    return TextTokenizer(tokenizer, limit, prompt)
+
+
+def first_module(folder: Path) -> dict | None:
+    """The model's input module, when it is sentence-transformers' text Transformer."""
+    modules = read_json(folder / "modules.json")
+    if not isinstance(modules, list) or not modules:
+        return None
+    first = min(modules, key=lambda m: m.get("idx", 0))
+    if not str(first.get("type", "")).endswith(".Transformer"):
+        return None
+    return first
+
+
+def module_limit(tokenizer, config: dict, model_config: dict) -> int:
+    """The most tokens the module gives the model, as sentence-transformers sets it: the
+    module's max_seq_length, else the tokenizer's, capped at the position embeddings."""
+    if config.get("max_seq_length"):
+        return int(config["max_seq_length"])
+    limit = tokenizer.model_max_length
+    positions = model_config.get("max_position_embeddings")
+    if positions and positions != -1:
+        limit = min(limit, positions)
+    return int(limit)
+
+
+def prompts(folder: Path) -> dict[str, str]:
+    return read_json(folder / "config_sentence_transformers.json").get("prompts") or {}
+
+
+def read_json(path: Path):
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))

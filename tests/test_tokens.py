@@ -1,0 +1,77 @@
+"""Tokenized once: the read stage makes each text's token ids, the replica feeds them to the
+model as they are, and the vectors are sentence-transformers' own."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from embedder import Replica, ReplicaSpec
+from embedder.tokens import TextTokenizer
+from tests.conftest import reference_vectors, write_jsonl
+from tests.test_commit import run_here, stage_spec
+
+
+@pytest.fixture(scope="module")
+def replica(model_path):
+    return Replica(ReplicaSpec(source=model_path, source_is_local=True, dim=384, device="cpu"))
+
+
+def test_the_replica_checked_the_tokenizer_against_the_models_own(replica):
+    assert replica.tokenizer_identity and replica.tokenized_by == ""
+    assert replica.describe()["tokenizer"] == replica.tokenizer_identity
+
+
+def test_every_text_is_tokenized_once_in_the_read_stage_and_never_by_the_replica(
+    tmp_path, replica, bare_model, monkeypatch
+):
+    texts = [f"text number {i} " + "word " * (i % 37) for i in range(40)] + ["x " * 400]
+    write_jsonl(
+        tmp_path / "in" / "docs" / "a.jsonl",
+        [{"id": f"r{i}", "text": t} for i, t in enumerate(texts)],
+    )
+    seen: list[str] = []
+    real_tokenize = TextTokenizer.tokenize
+
+    def counting(self, batch):
+        seen.extend(batch)
+        return real_tokenize(self, batch)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the replica tokenized a text")
+
+    monkeypatch.setattr(TextTokenizer, "tokenize", counting)
+    monkeypatch.setattr(replica.model, "preprocess", refuse)
+    monkeypatch.setattr(replica.model, "encode", refuse)
+    spec = dataclasses.replace(
+        stage_spec(tmp_path), block_rows=16, tokenizer=replica.spec.tokenizer_spec()
+    )
+    before = replica.stats.truncated_texts
+    tally = run_here(spec, replica)
+    assert tally.rows == len(texts)
+    assert sorted(seen) == sorted(texts)  # each text once, by the read stage's tokenizer
+    assert replica.stats.truncated_texts - before == 1  # the 400-word text, counted
+    tables = [pq.read_table(p) for p in sorted((tmp_path / "out").rglob("*.parquet"))]
+    ids = [i for t in tables for i in t.column("id").to_pylist()]
+    ours = np.vstack([np.asarray(t.column("embedding").to_pylist()) for t in tables])
+    reference = reference_vectors(bare_model, [texts[int(i[1:])] for i in ids], 384)
+    assert np.sum(ours * reference, axis=1).min() >= 0.9999
+
+
+def test_ids_from_another_tokenizer_are_not_used(tmp_path, replica, bare_model):
+    """A read stage without the tokenizer (or with another one) sends texts: the replica then
+    tokenizes them itself, and the vectors are the same."""
+    texts = ["one text", "another text, longer than the first"]
+    write_jsonl(
+        tmp_path / "in" / "docs" / "a.jsonl",
+        [{"id": f"r{i}", "text": t} for i, t in enumerate(texts)],
+    )
+    tally = run_here(stage_spec(tmp_path), replica)  # no tokenizer in the stage spec
+    assert tally.rows == 2
+    table = pq.read_table(next((tmp_path / "out").rglob("*.parquet")))
+    ours = np.asarray(table.column("embedding").to_pylist())
+    order = [texts[int(i[1:])] for i in table.column("id").to_pylist()]
+    assert np.sum(ours * reference_vectors(bare_model, order, 384), axis=1).min() >= 0.9999
