@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= out/demo
 
-.PHONY: install demo test test-all lint clean bench bench-scale bench-read-memory
+.PHONY: install demo test test-all lint clean bench bench-scale bench-read-memory bench-ceiling
 
 install: $(STAMP)
 
@@ -45,3 +45,8 @@ bench-scale: install
 # One read task's peak memory on a 1 GB JSON Lines file (about 2 minutes, 1 GB in /tmp).
 bench-read-memory: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.read_memory
+
+# How fast the CPU side feeds one replica whose model costs nothing, against one core's
+# tokenizer (200,000 rows, a few minutes).
+bench-ceiling: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.ceiling

@@ -1,0 +1,97 @@
+"""`python -m benchmarks.ceiling` (`make bench-ceiling`): how fast the job's CPU side can feed
+one replica whose model costs almost nothing, against what one core can tokenize.
+
+A one-layer, 8-dim BERT with all-MiniLM-L6-v2's tokenizer (benchmarks.scale's tiny model)
+stands in for a GPU running a small model: its forward pass is nearly free, so the job's rate
+is the rate of everything else (reading, tokenizing, packing, writing). Prints, in one run:
+the job's rows/s (whole wall, and over its pipeline alone), the bare fast tokenizer's rows/s
+on one thread (batches of 2,048), their ratio, and the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from benchmarks.scale import WORDS, build_tiny_model, cpu_name, job_args, timed_job
+
+ROWS_PER_FILE = 10_000
+
+
+def texts_of(rows: int) -> list[str]:
+    """Chunks of about 40 tokens."""
+    rng = np.random.default_rng(0)
+    return [
+        " ".join(WORDS[w] for w in rng.integers(0, len(WORDS), size=int(rng.integers(24, 36))))
+        for _ in range(rows)
+    ]
+
+
+def write_corpus(folder: Path, texts: list[str]) -> None:
+    (folder / "docs").mkdir(parents=True, exist_ok=True)
+    for number, start in enumerate(range(0, len(texts), ROWS_PER_FILE)):
+        chunk = texts[start : start + ROWS_PER_FILE]
+        table = pa.table({"id": [f"r{start + i}" for i in range(len(chunk))], "text": chunk})
+        pq.write_table(table, folder / "docs" / f"part-{number:04d}.parquet")
+
+
+def tokenizer_rate(model_folder: Path, texts: list[str]) -> dict:
+    """The bare fast tokenizer on one thread, ids only, batches of 2,048."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # read on every call: one thread
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_folder))
+    started = time.perf_counter()
+    tokens = 0
+    for start in range(0, len(texts), 2048):
+        ids = tokenizer(texts[start : start + 2048], truncation=True, max_length=128)
+        tokens += sum(len(i) for i in ids["input_ids"])
+    seconds = time.perf_counter() - started
+    return {"rows_per_s": len(texts) / seconds, "mean_tokens": tokens / len(texts)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        registry = build_tiny_model(root)
+        registry.write_text(registry.read_text().replace("max_tokens = 32", "max_tokens = 128"))
+        texts = texts_of(args.rows)
+        write_corpus(root / "input", texts)
+        bare = tokenizer_rate(root / "model", texts)
+        job = timed_job([*job_args(root), "--replicas", "1"], root / "job.log")
+        manifest = json.loads((root / "output" / "_manifest.json").read_text())
+    pipeline = manifest["timings"]["pipeline_seconds"]
+    wall_rate = job["rows_embedded"] / job["seconds"]
+    pipeline_rate = job["rows_embedded"] / pipeline
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} CPUs")
+    print(
+        f"rows: {args.rows:,} in {-(-args.rows // ROWS_PER_FILE)} Parquet files, "
+        f"{bare['mean_tokens']:.1f} tokens each on average"
+    )
+    print(f"bare fast tokenizer, one thread: {bare['rows_per_s']:,.0f} rows/s")
+    print(
+        f"the job, one replica: {wall_rate:,.0f} rows/s over its whole wall "
+        f"({job['seconds']:.1f} s, {wall_rate / bare['rows_per_s']:.2f}x the tokenizer); "
+        f"{pipeline_rate:,.0f} rows/s over its pipeline ({pipeline:.1f} s, "
+        f"{pipeline_rate / bare['rows_per_s']:.2f}x)"
+    )
+    replica = manifest["per_replica"][0]
+    print(
+        f"replica: encode {replica['encode_seconds']:.1f} s, tokenize "
+        f"{replica['tokenize_seconds']:.1f} s, tokenizer {replica.get('tokenizer') or 'none'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
