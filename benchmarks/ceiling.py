@@ -3,9 +3,12 @@ one replica whose model costs almost nothing, against what one core can tokenize
 
 A one-layer, 8-dim BERT with all-MiniLM-L6-v2's tokenizer (benchmarks.scale's tiny model)
 stands in for a GPU running a small model: its forward pass is nearly free, so the job's rate
-is the rate of everything else (reading, tokenizing, packing, writing). Prints, in one run:
-the job's rows/s (whole wall, and over its pipeline alone), the bare fast tokenizer's rows/s
-on one thread (batches of 2,048), their ratio, and the CPU.
+is the rate of everything else (reading, tokenizing, packing, writing). The job runs twice:
+as a GPU replica would (one CPU thread and the CUDA micro-batch budget: `--cpus-per-replica 1
+--max-batch-tokens 32768`), and with the CPU defaults (`--replicas 1` alone: a lone CPU replica
+also takes the CPU kept for I/O for its threads, and micro-batches of 2,048 tokens). Prints,
+in one run: each job's rows/s (whole wall, and over its pipeline alone), the bare fast
+tokenizer's rows/s on one thread (batches of 2,048), their ratios, and the CPU.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +28,8 @@ import pyarrow.parquet as pq
 from benchmarks.scale import WORDS, build_tiny_model, cpu_name, job_args, timed_job
 
 ROWS_PER_FILE = 10_000
+# How a GPU replica runs (jobs.pipeline.placement, embedder.batching.DEFAULT_MAX_BATCH_TOKENS).
+AS_A_GPU_REPLICA = ["--cpus-per-replica", "1", "--max-batch-tokens", "32768"]
 
 
 def texts_of(rows: int) -> list[str]:
@@ -69,27 +75,34 @@ def main() -> None:
         texts = texts_of(args.rows)
         write_corpus(root / "input", texts)
         bare = tokenizer_rate(root / "model", texts)
-        job = timed_job([*job_args(root), "--replicas", "1"], root / "job.log")
-        manifest = json.loads((root / "output" / "_manifest.json").read_text())
+        print(f"CPU: {cpu_name()}, {os.cpu_count()} CPUs")
+        print(
+            f"rows: {args.rows:,} in {-(-args.rows // ROWS_PER_FILE)} Parquet files, "
+            f"{bare['mean_tokens']:.1f} tokens each on average"
+        )
+        print(f"bare fast tokenizer, one thread: {bare['rows_per_s']:,.0f} rows/s")
+        for name, extra in [("as a GPU replica", AS_A_GPU_REPLICA), ("CPU defaults", [])]:
+            shutil.rmtree(root / "output", ignore_errors=True)
+            job = timed_job([*job_args(root), "--replicas", "1", *extra], root / "job.log")
+            manifest = json.loads((root / "output" / "_manifest.json").read_text())
+            report(name, extra, job, manifest, bare["rows_per_s"])
+
+
+def report(name: str, extra: list[str], job: dict, manifest: dict, tokenizer: float) -> None:
     pipeline = manifest["timings"]["pipeline_seconds"]
     wall_rate = job["rows_embedded"] / job["seconds"]
     pipeline_rate = job["rows_embedded"] / pipeline
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} CPUs")
+    print(f"the job, one replica, {name} (--replicas 1 {' '.join(extra)}):")
     print(
-        f"rows: {args.rows:,} in {-(-args.rows // ROWS_PER_FILE)} Parquet files, "
-        f"{bare['mean_tokens']:.1f} tokens each on average"
-    )
-    print(f"bare fast tokenizer, one thread: {bare['rows_per_s']:,.0f} rows/s")
-    print(
-        f"the job, one replica: {wall_rate:,.0f} rows/s over its whole wall "
-        f"({job['seconds']:.1f} s, {wall_rate / bare['rows_per_s']:.2f}x the tokenizer); "
-        f"{pipeline_rate:,.0f} rows/s over its pipeline ({pipeline:.1f} s, "
-        f"{pipeline_rate / bare['rows_per_s']:.2f}x)"
+        f"  {wall_rate:,.0f} rows/s over its whole wall ({job['seconds']:.1f} s, "
+        f"{wall_rate / tokenizer:.2f}x the tokenizer); {pipeline_rate:,.0f} rows/s over its "
+        f"pipeline ({pipeline:.1f} s, {pipeline_rate / tokenizer:.2f}x)"
     )
     replica = manifest["per_replica"][0]
     print(
-        f"replica: encode {replica['encode_seconds']:.1f} s, tokenize "
-        f"{replica['tokenize_seconds']:.1f} s, tokenizer {replica.get('tokenizer') or 'none'}"
+        f"  replica: load {replica['load_seconds']:.1f} s, encode "
+        f"{replica['encode_seconds']:.1f} s, tokenize {replica['tokenize_seconds']:.1f} s, "
+        f"tokenizer {replica.get('tokenizer') or 'none'}"
     )
 
 

@@ -11,7 +11,9 @@ import pytest
 
 from embedder import Replica, ReplicaSpec
 from embedder.tokens import TextTokenizer
-from tests.conftest import reference_vectors, write_jsonl
+from jobs.pipeline.placement import Placement
+from jobs.pipeline.stages import pipeline_dataset
+from tests.conftest import local_ray, reference_vectors, write_jsonl
 from tests.test_commit import run_here, stage_spec
 
 
@@ -75,3 +77,23 @@ def test_ids_from_another_tokenizer_are_not_used(tmp_path, replica, bare_model):
     ours = np.asarray(table.column("embedding").to_pylist())
     order = [texts[int(i[1:])] for i in table.column("id").to_pylist()]
     assert np.sum(ours * reference_vectors(bare_model, order, 384), axis=1).min() >= 0.9999
+
+
+@pytest.mark.parametrize(
+    "placement",
+    [Placement(1, 0, 1, 2), Placement(2, 1, 1, 1)],
+    ids=["cpu replica of one CPU", "gpu replicas"],
+)
+def test_the_read_stage_runs_in_its_own_tasks_not_in_the_replicas(tmp_path, placement, capsys):
+    """Ray Data fuses a task stage into the actor stage after it when their remote arguments
+    match, as a CPU replica of one CPU's do: every block would then be read and tokenized on
+    the replica's CPU, between its encodings. The plan Ray Data runs keeps them apart."""
+    with local_ray(num_cpus=4, num_gpus=2):
+        replica_spec = ReplicaSpec(source="unused", source_is_local=True, dim=8, device="cpu")
+        dataset = pipeline_dataset(
+            [{"work": "{}"}], stage_spec(tmp_path), replica_spec, placement, None
+        )
+        dataset.explain()
+    plan = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
+    assert "TaskPoolMapOperator[MapBatches(read_stage)]" in plan
+    assert "ActorPoolMapOperator[MapBatches(EmbedBatches)]" in plan

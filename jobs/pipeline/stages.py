@@ -56,6 +56,14 @@ log = logging.getLogger("embed")
 STAGE_FAILURES: dict[str, type[Exception]] = {"lease": LeaseLost, "write": OutputWriteError}
 FAILURES = tuple(STAGE_FAILURES.values())
 
+# A read task holds one CPU, so its tokenizer runs on one thread (the fast tokenizer would
+# otherwise start a thread per core of the node in every read task, next to the replicas'
+# own). Having an environment of its own also keeps Ray Data from fusing the read stage into
+# the replica stage after it, which it does when their remote arguments match (CPU replicas
+# of one CPU): every block would then be read and tokenized on the replica's CPU, one after
+# another with its encoding.
+READ_STAGE_ENV = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
+
 
 @dataclass(frozen=True)
 class StageSpec:
@@ -446,6 +454,46 @@ def stats_collector_class():
     return StatsCollector
 
 
+def pipeline_dataset(
+    items: list[dict[str, Any]],
+    stage_spec: StageSpec,
+    replica_spec: ReplicaSpec,
+    placement: Placement,
+    stats_actor,
+):
+    """The three stages as one Ray Dataset (lazy: nothing runs until it is iterated)."""
+    import ray.data
+
+    # Reading and writing never use the rotation (up to 128 MB at 4096 dims): only the
+    # replicas get it.
+    io_spec = replace(stage_spec, rotation=None)
+    dataset = ray.data.from_items(items, override_num_blocks=len(items))
+    dataset = dataset.map_batches(
+        read_stage,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"stage_spec": io_spec},
+        runtime_env=READ_STAGE_ENV,
+    )
+    dataset = dataset.map_batches(
+        EmbedBatches,
+        batch_size=1,  # one envelope = one input block of up to block_rows texts
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=placement.replicas),
+        num_gpus=placement.gpus_per_replica,
+        num_cpus=placement.cpus_per_replica,
+        fn_constructor_kwargs={
+            "replica_spec": replica_spec,
+            "stage_spec": stage_spec,
+            "stats_actor": stats_actor,
+            "on_gpus": placement.on_gpus,
+        },
+    )
+    return dataset.map_batches(
+        write_stage, batch_size=1, batch_format="pyarrow", fn_kwargs={"stage_spec": io_spec}
+    )
+
+
 def run_pipeline(
     work: Work,
     stage_spec: StageSpec,
@@ -461,38 +509,14 @@ def run_pipeline(
         return tally, []
     items = [item.as_row() for item in work.items]
     import ray
-    import ray.data
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     # On the driver's node: the figures must outlive any worker node.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     stats = stats_collector_class().options(scheduling_strategy=here).remote()
-    # Reading and writing never use the rotation (up to 128 MB at 4096 dims): only the
-    # replicas get it.
-    io_spec = replace(stage_spec, rotation=None)
     if not verbose:
         quiet.quiet_ray_data()
-    dataset = ray.data.from_items(items, override_num_blocks=len(items))
-    dataset = dataset.map_batches(
-        read_stage, batch_size=1, batch_format="pyarrow", fn_kwargs={"stage_spec": io_spec}
-    )
-    dataset = dataset.map_batches(
-        EmbedBatches,
-        batch_size=1,  # one envelope = one input block of up to block_rows texts
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=placement.replicas),
-        num_gpus=placement.gpus_per_replica,
-        num_cpus=placement.cpus_per_replica,
-        fn_constructor_kwargs={
-            "replica_spec": replica_spec,
-            "stage_spec": stage_spec,
-            "stats_actor": stats,
-            "on_gpus": placement.on_gpus,
-        },
-    )
-    dataset = dataset.map_batches(
-        write_stage, batch_size=1, batch_format="pyarrow", fn_kwargs={"stage_spec": io_spec}
-    )
+    dataset = pipeline_dataset(items, stage_spec, replica_spec, placement, stats)
     # Streamed into the tally: the driver keeps figures per block, not the envelopes.
     progress = Progress(work.rows_to_do, work.blocks_to_do, terminal=sys.stderr.isatty())
     with contextlib.nullcontext() if verbose else quiet.dropped_lines():
