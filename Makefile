@@ -46,7 +46,8 @@ bench-scale: install
 bench-read-memory: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.read_memory
 
-# How fast the CPU side feeds one replica whose model costs nothing, against one core's
-# tokenizer (200,000 rows, a few minutes).
+# How fast the CPU side feeds one replica whose model costs nothing (run as a GPU replica
+# would, then with the CPU defaults), against one core's tokenizer (200,000 rows, about 3
+# minutes on 2 CPUs).
 bench-ceiling: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.ceiling
