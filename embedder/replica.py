@@ -415,7 +415,7 @@ class Replica:
         probe = PROBE_TEXTS + ["token " * (self.max_seq_length + 8)]
         reference = self.model.preprocess(probe, prompt=self.prompt or None)
         self.layout = Layout.of(reference, tokenizer, self.model)
-        ours = self.features(rows_of(tokenizer.tokenize(probe)))
+        ours = self.features(tokenizer.tokenize(probe).rows())
         if not same_features(ours, reference):
             return None, "the model's preprocess gives other features than this job's tokenizer"
         return tokenizer, ""
@@ -470,13 +470,6 @@ class Layout:
         )
 
 
-def rows_of(tokens: Tokens) -> list[np.ndarray]:
-    """Each text's ids as a numpy view into the column's values."""
-    offsets = tokens.ids.offsets.to_numpy()
-    values = tokens.ids.values.to_numpy(zero_copy_only=False)
-    return [values[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
-
-
 def same_features(ours: dict[str, Any], reference: dict[str, Any]) -> bool:
     import torch
 
@@ -506,7 +499,7 @@ class TokenInputs(Inputs):
 
     def __init__(self, replica: Replica, tokens: Tokens):
         self.replica = replica
-        self.rows = rows_of(tokens)
+        self.rows = tokens.rows()
         self.lengths = [len(row) for row in self.rows]
 
     def encode(self, model, rows: list[int], pad_multiple: int = 0) -> np.ndarray:

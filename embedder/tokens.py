@@ -39,12 +39,11 @@ class Tokens:
     ids: pa.ListArray
     truncated: int
 
-    def lengths(self) -> list[int]:
+    def rows(self) -> list[np.ndarray]:
+        """Each text's ids as a numpy view into the column's values."""
         offsets = self.ids.offsets.to_numpy()
-        return np.diff(offsets).tolist()
-
-    def take(self, rows: list[int]) -> Tokens:
-        return Tokens(self.ids.take(pa.array(rows, pa.int64())), 0)
+        values = self.ids.values.to_numpy(zero_copy_only=False)
+        return [values[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
 
 
 class TextTokenizer:
