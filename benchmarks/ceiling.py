@@ -7,8 +7,9 @@ is the rate of everything else (reading, tokenizing, packing, writing). The job 
 as a GPU replica would (one CPU thread and the CUDA micro-batch budget: `--cpus-per-replica 1
 --max-batch-tokens 32768`), and with the CPU defaults (`--replicas 1` alone: a lone CPU replica
 also takes the CPU kept for I/O for its threads, and micro-batches of 2,048 tokens). Prints,
-in one run: each job's rows/s (whole wall, and over its pipeline alone), the bare fast
-tokenizer's rows/s on one thread (batches of 2,048), their ratios, and the CPU.
+in one run: each job's rows/s (whole wall, and over its pipeline alone), how long the replica
+waited for blocks once they came, the bare fast tokenizer's rows/s on one thread (batches of
+2,048), their ratios, and the CPU.
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ def report(name: str, extra: list[str], job: dict, manifest: dict, tokenizer: fl
         f"pipeline ({pipeline:.1f} s, {pipeline_rate / tokenizer:.2f}x)"
     )
     replica = manifest["per_replica"][0]
+    fed, waited = replica["fed_seconds"], replica["waited_for_input_seconds"]
+    print(
+        f"  the replica waited for blocks {waited:.1f} s of the {fed:.1f} s from its first "
+        f"block in to its last out ({waited / fed if fed else 0:.0%})"
+    )
     print(
         f"  replica: load {replica['load_seconds']:.1f} s, encode "
         f"{replica['encode_seconds']:.1f} s, tokenize {replica['tokenize_seconds']:.1f} s, "

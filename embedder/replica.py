@@ -27,7 +27,7 @@ from embedder.batching import (
 )
 from embedder.device import choose_dtype, resolve_device, torch_dtype
 from embedder.memory import peak_rss_bytes
-from embedder.tokens import TextTokenizer, TokenizerSpec, Tokens, load_text_tokenizer_from
+from embedder.tokens import TextTokenizer, TokenizerSpec, Tokens, load_text_tokenizer
 from embedder.vectors import bad_rows, truncate_and_normalize
 from embedder.weights import Weights, check_weights, locate
 
@@ -62,17 +62,15 @@ class ReplicaSpec:
     # "auto": flash attention 2 on unpadded inputs where it applies, else SDPA (embedder.attention).
     attention: str = "auto"
 
+    @property
+    def takes_token_ids(self) -> bool:
+        """Whether its replicas may be fed token ids made elsewhere: not for another backend
+        or encode arguments of the model's own, whose tokenization this job does not mirror."""
+        return self.backend == "torch" and not self.encode_kwargs
+
     def tokenizer_spec(self) -> TokenizerSpec:
         """The tokenizer this spec's replicas check and take token ids from."""
-        return TokenizerSpec(
-            self.source,
-            self.source_is_local,
-            self.local_package,
-            self.revision,
-            self.max_tokens,
-            self.document_prompt,
-            self.document_prompt_name,
-        )
+        return TokenizerSpec(self.max_tokens, self.document_prompt, self.document_prompt_name)
 
     def locate_weights(self) -> Weights:
         """The weights this spec names, as found on this machine."""
@@ -404,10 +402,10 @@ class Replica:
         """This job's tokenizer for the model, where it gives exactly the features of the
         model's own `preprocess` on a probe (prompt included, a text past the length cap);
         else None and why: the replica then hands texts to sentence-transformers."""
-        if self.spec.backend != "torch" or self.spec.encode_kwargs:
+        if not self.spec.takes_token_ids:
             return None, "the model's backend or encode arguments are its own"
         spec = self.spec.tokenizer_spec()
-        tokenizer = load_text_tokenizer_from(Path(self.weights.folder), spec)
+        tokenizer = load_text_tokenizer(Path(self.weights.folder), spec)
         if tokenizer is None:
             return None, "its tokenization is not one this job mirrors"
         if tokenizer.limit != self.max_seq_length or tokenizer.prompt != self.prompt:

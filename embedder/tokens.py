@@ -5,7 +5,9 @@ tokenizes in the read stage (on the other CPUs) and the replica feeds those ids 
 directly: each text is tokenized exactly once. `TextTokenizer` is the model's own text
 tokenizer, loaded from the weights' folder without loading the weights, and set up as
 sentence-transformers sets it up (its module's `max_seq_length`, then the run's max tokens,
-truncating longest first, special tokens added, the document prompt in front).
+truncating longest first, special tokens added, the document prompt in front). It is loaded
+once where the replicas find their weights (jobs.pipeline.job.resolve) and reaches the read
+tasks pickled, so that they need neither the weights nor transformers.
 
 Mirroring sentence-transformers is checked, never assumed: a replica tokenizes a probe with
 the model's own `preprocess` and with this tokenizer, and uses ids from the read stage only
@@ -16,7 +18,6 @@ non-torch backend, encode arguments of its own) is tokenized on the replica as b
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import json
@@ -25,8 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
-from embedder.source import resolve_source
 
 TOKENS = pa.list_(pa.int32())
 
@@ -47,18 +46,22 @@ class Tokens:
 
 
 class TextTokenizer:
-    """The model's text tokenizer, capped at `limit` tokens, with the prompt in front."""
+    """The model's text tokenizer, capped at `limit` tokens, with the prompt in front.
 
-    def __init__(self, tokenizer, limit: int, prompt: str = ""):
+    Only the fast tokenizer's Rust core (`tokenizers`): built once where the weights are
+    (`of`, with transformers), it travels pickled as its JSON, so that a read task anywhere
+    tokenizes without the weights and without importing transformers (seconds per worker)."""
+
+    def __init__(self, backend_json: str, limit: int, prompt: str, pad_id: int, padding_side: str):
         from tokenizers import Tokenizer
 
-        # A copy of the fast tokenizer's Rust core, set to truncate and never pad: the
-        # tokenizer.json a model ships may carry a padding or truncation of its own.
-        self.backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        # Set to truncate and never pad: the tokenizer.json a model ships may carry a padding
+        # or truncation of its own.
+        self.backend = Tokenizer.from_str(backend_json)
         self.backend.no_padding()
         self.backend.enable_truncation(limit, strategy="longest_first")
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.padding_side = tokenizer.padding_side
+        self.pad_id = pad_id
+        self.padding_side = padding_side
         self.limit = limit
         self.prompt = prompt
         self.identity = hashlib.sha256(
@@ -66,6 +69,18 @@ class TextTokenizer:
                 [self.backend.to_str(), limit, prompt, self.pad_id, self.padding_side]
             ).encode("utf-8", "surrogatepass")
         ).hexdigest()[:16]
+
+    @classmethod
+    def of(cls, tokenizer, limit: int, prompt: str = "") -> TextTokenizer:
+        """From a transformers fast tokenizer, as sentence-transformers loaded it."""
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return cls(
+            tokenizer.backend_tokenizer.to_str(), limit, prompt, pad_id, tokenizer.padding_side
+        )
+
+    def __reduce__(self):
+        state = (self.backend.to_str(), self.limit, self.prompt, self.pad_id, self.padding_side)
+        return (TextTokenizer, state)
 
     def tokenize(self, texts: list[str]) -> Tokens:
         """Each text's ids (prompt included, capped at the limit), as one Arrow column."""
@@ -84,42 +99,17 @@ class TextTokenizer:
 
 @dataclass(frozen=True)
 class TokenizerSpec:
-    """Which model's tokenizer, and how it is set up: small and picklable, so that the read
-    stage loads the same tokenizer as the replicas, from the same weights found on its own
-    machine (embedder.source)."""
+    """How a model's tokenizer is set up for a run: the run's max tokens and document prompt
+    (given, or named among the model's prompts)."""
 
-    source: str
-    source_is_local: bool
-    local_package: str = ""
-    revision: str = ""
     max_tokens: int | None = None
     prompt: str = ""
     prompt_name: str = ""
 
-    def folder(self) -> Path:
-        """The weights' folder here, never downloaded (FileNotFoundError when absent)."""
-        folder, local = resolve_source(self.source, self.source_is_local, self.local_package)
-        if not local:
-            from huggingface_hub import snapshot_download
 
-            folder = snapshot_download(
-                self.source, revision=self.revision or None, local_files_only=True
-            )
-        return Path(folder)
-
-
-@functools.lru_cache(maxsize=4)
-def load_text_tokenizer(spec: TokenizerSpec) -> TextTokenizer | None:
-    """The tokenizer `spec` names, once per process; None where this job does not mirror
-    the model's tokenization (see the module's notes) or its files are not here."""
-    try:
-        return load_text_tokenizer_from(spec.folder(), spec)
-    except Exception:  # noqa: BLE001 - any failure only means: the replica tokenizes
-        return None
-
-
-def load_text_tokenizer_from(folder: Path, spec: TokenizerSpec) -> TextTokenizer | None:
-    """As load_text_tokenizer, from a folder found already (a replica's weights)."""
+def load_text_tokenizer(folder: Path, spec: TokenizerSpec) -> TextTokenizer | None:
+    """The tokenizer of the weights in `folder`, set up as `spec` says; None where this job
+    does not mirror the model's tokenization (see the module's notes)."""
     first = first_module(folder)
     if first is None:
         return None
@@ -137,7 +127,7 @@ def load_text_tokenizer_from(folder: Path, spec: TokenizerSpec) -> TextTokenizer
     if spec.max_tokens:
         limit = min(limit, spec.max_tokens)
     prompt = spec.prompt or prompts(folder).get(spec.prompt_name, "")
-    return TextTokenizer(tokenizer, limit, prompt)
+    return TextTokenizer.of(tokenizer, limit, prompt)
 
 
 def first_module(folder: Path) -> dict | None:

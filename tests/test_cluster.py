@@ -78,6 +78,8 @@ def test_one_replica_per_worker_gpu_and_the_manifest_names_their_nodes(cluster, 
     assert all(r["host"] and r["node_ip"] and not r["lost"] for r in replicas)
     assert all(r["rows"] > 0 for r in replicas)
     assert sum(r["rows"] for r in replicas) == manifest["rows_embedded"] == len(expected)
+    # The read tasks (wherever they ran) tokenized every text: no replica did.
+    assert all(r["tokenize_seconds"] == 0 for r in replicas)
 
 
 def test_local_paths_are_refused_on_several_nodes_unless_shared(cluster, corpus, tmp_path):

@@ -102,6 +102,11 @@ def test_manifest_holds_the_design_fields(cli_runs, mixed_corpus, dim):
     assert manifest["devices"] == ["cpu"] and manifest["manifest_version"] == 3
     replica = manifest["per_replica"][0]
     assert replica["peak_memory_of"] == "rss" and replica["peak_memory_bytes"] > 100 * 2**20
+    # Fed the read stage's token ids: the replica never tokenized a text.
+    assert replica["tokenizer"] and replica["tokenizes_texts_because"] == ""
+    assert replica["tokenize_seconds"] == 0
+    assert 0 <= replica["waited_for_input_seconds"] <= replica["fed_seconds"]
+    assert 0 < replica["fed_seconds"] <= replica["alive_seconds"]
     assert manifest["dtype"] == "fp32"
     assert manifest["settings"]["dim"] == (None if dim == 384 else 128)
 

@@ -4,6 +4,9 @@ model as they are, and the vectors are sentence-transformers' own."""
 from __future__ import annotations
 
 import dataclasses
+import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -13,7 +16,7 @@ from embedder import Replica, ReplicaSpec
 from embedder.tokens import TextTokenizer
 from jobs.pipeline.placement import Placement
 from jobs.pipeline.stages import pipeline_dataset
-from tests.conftest import local_ray, reference_vectors, write_jsonl
+from tests.conftest import REPO, local_ray, reference_vectors, write_jsonl
 from tests.test_commit import run_here, stage_spec
 
 
@@ -49,7 +52,7 @@ def test_every_text_is_tokenized_once_in_the_read_stage_and_never_by_the_replica
     monkeypatch.setattr(replica.model, "preprocess", refuse)
     monkeypatch.setattr(replica.model, "encode", refuse)
     spec = dataclasses.replace(
-        stage_spec(tmp_path), block_rows=16, tokenizer=replica.spec.tokenizer_spec()
+        stage_spec(tmp_path), block_rows=16, tokenizer=replica.text_tokenizer
     )
     before = replica.stats.truncated_texts
     tally = run_here(spec, replica)
@@ -61,6 +64,31 @@ def test_every_text_is_tokenized_once_in_the_read_stage_and_never_by_the_replica
     ours = np.vstack([np.asarray(t.column("embedding").to_pylist()) for t in tables])
     reference = reference_vectors(bare_model, [texts[int(i[1:])] for i in ids], 384)
     assert np.sum(ours * reference, axis=1).min() >= 0.9999
+
+
+def test_the_tokenizer_reaches_a_read_task_pickled_and_needs_no_transformers_there(
+    tmp_path, replica
+):
+    """Loaded once where the weights are, it travels as the fast tokenizer's JSON: a read
+    task needs neither the weights nor transformers (seconds of import per worker), and
+    tokenizes exactly as the replica's own copy."""
+    texts = ["query: déjà vu", "def f(x):\n    return x", "word " * 300]
+    (tmp_path / "tokenizer.pickle").write_bytes(pickle.dumps(replica.text_tokenizer))
+    script = (
+        "import pickle, sys\n"
+        f"tokenizer = pickle.loads(open({str(tmp_path / 'tokenizer.pickle')!r}, 'rb').read())\n"
+        f"tokens = tokenizer.tokenize({texts!r})\n"
+        "print(tokenizer.identity, tokens.truncated, tokens.ids.to_pylist())\n"
+        "assert 'transformers' not in sys.modules and 'torch' not in sys.modules\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    ours = replica.text_tokenizer.tokenize(texts)
+    identity, truncated, ids = result.stdout.split(" ", 2)
+    assert identity == replica.tokenizer_identity
+    assert (int(truncated), ids.strip()) == (ours.truncated, str(ours.ids.to_pylist()))
 
 
 def test_ids_from_another_tokenizer_are_not_used(tmp_path, replica, bare_model):

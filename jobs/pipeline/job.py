@@ -20,11 +20,12 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from embedder import ReplicaSpec
 from embedder.outputs import output_columns
 from embedder.replica import place
-from embedder.tokens import TokenizerSpec
+from embedder.tokens import TextTokenizer, load_text_tokenizer
 from embedder.weights import Weights
 from jobs.pipeline import calibration, commit, dry_run, duplicates, manifest, quiet, summary
 from jobs.pipeline.folders import (
@@ -90,10 +91,12 @@ FAILURES = tuple(STAGE_FAILURES.values())
 @dataclass(frozen=True)
 class Resolved:
     """What only a replica's machine can say: the precision it runs in and the weights it
-    loads (embedder.weights). Part of the fingerprint, so a resume can never mix them."""
+    loads (embedder.weights), both part of the fingerprint, so a resume can never mix them;
+    and the weights' tokenizer, for the read stage (None: the replicas tokenize)."""
 
     dtype: str
     weights: Weights
+    tokenizer: TextTokenizer | None = dataclasses.field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,22 @@ RESOLVED_KEYS = ("dtype", "weights")
 def resolve(replica_spec: ReplicaSpec, on_gpus: bool | None = None) -> Resolved:
     """The precision and weights a replica of `replica_spec` gets on this machine (in a run,
     a Ray task with a replica's resources calls this: resolve_where_replicas_run)."""
-    return Resolved(place(replica_spec, on_gpus).dtype, replica_spec.locate_weights())
+    weights = replica_spec.locate_weights()
+    tokenizer = read_stage_tokenizer(Path(weights.folder), replica_spec)
+    return Resolved(place(replica_spec, on_gpus).dtype, weights, tokenizer)
+
+
+def read_stage_tokenizer(folder: Path, replica_spec: ReplicaSpec) -> TextTokenizer | None:
+    """The replicas' tokenizer, loaded once here for every read task; None (the replicas
+    then tokenize texts themselves, and say why) where this job does not mirror the model's
+    tokenization or the tokenizer does not load."""
+    if not replica_spec.takes_token_ids:
+        return None
+    try:
+        return load_text_tokenizer(folder, replica_spec.tokenizer_spec())
+    except Exception as err:  # noqa: BLE001 - any failure only means: the replicas tokenize
+        log.warning("the read stage will not tokenize (the replicas will): %s", err)
+        return None
 
 
 def with_resolved(job: Job, resolved: Resolved) -> Job:
@@ -484,7 +502,7 @@ def run_on_ray(
     replica_spec = replica_spec_for(job, placement)
     lease.check()
     calibrated = calibrate(job, readable, scan.sample, replica_spec, placement)
-    stage_spec = stage_spec_for(job, calibrated, lease.run_id, replica_spec.tokenizer_spec())
+    stage_spec = stage_spec_for(job, calibrated, lease.run_id, job.resolved.tokenizer)
     work = plan_work(
         job.input_files, scan, job.output, stage_spec.fingerprint_id, settings.block_rows, listing
     )
@@ -543,7 +561,7 @@ def log_plan(work: Work) -> None:
 
 
 def stage_spec_for(
-    job: Job, calibrated: dict | None, run_id: str = "", tokenizer: TokenizerSpec | None = None
+    job: Job, calibrated: dict | None, run_id: str = "", tokenizer: TextTokenizer | None = None
 ) -> StageSpec:
     """What every stage needs to know of this run (`run_id`: the lease's, checked before each
     commit; `tokenizer`: the replicas', for the read stage)."""

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from embedder import Replica, ReplicaSpec
 from embedder.outputs import base_vectors, output_vectors, vector_column
-from embedder.tokens import TextTokenizer, TokenizerSpec, Tokens, load_text_tokenizer
+from embedder.tokens import TextTokenizer, Tokens
 from jobs.pipeline import commit, quiet
 from jobs.pipeline.blocks import Block, read_planned
 from jobs.pipeline.envelopes import (
@@ -61,8 +61,10 @@ FAILURES = tuple(STAGE_FAILURES.values())
 # own). Having an environment of its own also keeps Ray Data from fusing the read stage into
 # the replica stage after it, which it does when their remote arguments match (CPU replicas
 # of one CPU): every block would then be read and tokenized on the replica's CPU, one after
-# another with its encoding.
-READ_STAGE_ENV = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
+# another with its encoding. The write stage shares it, so that it runs in the read stage's
+# warm workers: a worker of another environment must first start and import (seconds, with
+# the last blocks waiting).
+IO_STAGE_ENV = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ class StageSpec:
     ranges: dict[str, Any] | None = None  # int8/uint8 calibration, per dim
     rotation: np.ndarray | None = None  # --rotate pca: native x native, orthogonal
     # The replicas' tokenizer, for the read stage to tokenize with (None: replicas tokenize).
-    tokenizer: TokenizerSpec | None = None
+    tokenizer: TextTokenizer | None = None
     # The run that holds OUTPUT's lease: each commit first checks that it still does ("": no
     # check, for callers that hold no lease).
     run_id: str = ""
@@ -164,7 +166,7 @@ def read_envelope(block: Block, to_do: ToDo, stage_spec: StageSpec) -> dict[str,
             stage_spec.output,
         )
     reused = set(earlier.column("key").to_pylist()) if earlier is not None else set()
-    tokenizer = load_text_tokenizer(stage_spec.tokenizer) if stage_spec.tokenizer else None
+    tokenizer = stage_spec.tokenizer
     tokens, truncated = token_table(parts, reused, tokenizer)
     return figures | {
         "block": rows,
@@ -247,6 +249,11 @@ class EmbedBatches:
         self.actor_id = ray.get_runtime_context().get_actor_id()
         self.replica_id = f"{self.actor_id[:12]}-{uuid.uuid4().hex[:8]}"
         self.started = time.time()
+        # When its first block came in, when its last went out, and how long it waited for
+        # blocks in between: a replica waiting is a GPU the CPU side starves.
+        self.first_in: float | None = None
+        self.last_out: float | None = None
+        self.waited = 0.0
         context = ray.get_runtime_context()
         self.info = self.replica.describe() | {
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
@@ -272,12 +279,18 @@ class EmbedBatches:
         self.report()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        came_in = time.monotonic()
+        if self.last_out is None:
+            self.first_in = came_in
+        else:
+            self.waited += came_in - self.last_out
         items = [
             embed_block(item, self.replica, self.stage_spec) | {"replica_id": self.replica_id}
             if item["block"]
             else item
             for item in from_table(batch)
         ]
+        self.last_out = time.monotonic()
         self.report()
         return to_table(items)
 
@@ -285,8 +298,16 @@ class EmbedBatches:
         # Cumulative figures, so a lost or repeated report cannot skew the totals.
         alive = time.time() - self.started
         figures = self.replica.stats.as_dict() | self.replica.peak_memory()
+        fed = self.last_out - self.first_in if self.last_out is not None else 0.0
         self.stats_actor.report.remote(
-            self.replica_id, self.info, figures | {"alive_seconds": alive}
+            self.replica_id,
+            self.info,
+            figures
+            | {
+                "alive_seconds": alive,
+                "fed_seconds": round(fed, 3),
+                "waited_for_input_seconds": round(self.waited, 3),
+            },
         )
 
 
@@ -473,7 +494,7 @@ def pipeline_dataset(
         batch_size=1,
         batch_format="pyarrow",
         fn_kwargs={"stage_spec": io_spec},
-        runtime_env=READ_STAGE_ENV,
+        runtime_env=IO_STAGE_ENV,
     )
     dataset = dataset.map_batches(
         EmbedBatches,
@@ -490,7 +511,11 @@ def pipeline_dataset(
         },
     )
     return dataset.map_batches(
-        write_stage, batch_size=1, batch_format="pyarrow", fn_kwargs={"stage_spec": io_spec}
+        write_stage,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"stage_spec": io_spec},
+        runtime_env=IO_STAGE_ENV,
     )
 
 
