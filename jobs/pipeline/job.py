@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,7 +97,14 @@ class Resolved:
 
     dtype: str
     weights: Weights
-    tokenizer: TextTokenizer | None = dataclasses.field(default=None, compare=False)
+    # Loaded, or still loading on the driver (a Future: see resolve's `background`).
+    tokenizer: TextTokenizer | Future | None = dataclasses.field(default=None, compare=False)
+
+    def read_stage_tokenizer(self) -> TextTokenizer | None:
+        """The tokenizer for the read stage, waiting for it if it is still loading."""
+        if isinstance(self.tokenizer, Future):
+            return self.tokenizer.result()
+        return self.tokenizer
 
 
 @dataclass(frozen=True)
@@ -158,15 +166,24 @@ class Job:
 RESOLVED_KEYS = ("dtype", "weights")
 
 
-def resolve(replica_spec: ReplicaSpec, on_gpus: bool | None = None) -> Resolved:
+def resolve(
+    replica_spec: ReplicaSpec, on_gpus: bool | None = None, background: bool = False
+) -> Resolved:
     """The precision and weights a replica of `replica_spec` gets on this machine (in a run,
-    a Ray task with a replica's resources calls this: resolve_where_replicas_run)."""
+    a Ray task with a replica's resources calls this: resolve_where_replicas_run), and the
+    read stage's tokenizer; `background`: loaded in a thread of this process, so that the
+    driver scans and calibrates meanwhile (importing transformers takes seconds)."""
     weights = replica_spec.locate_weights()
-    tokenizer = read_stage_tokenizer(Path(weights.folder), replica_spec)
+    if background:
+        loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
+        tokenizer = loader.submit(load_read_stage_tokenizer, Path(weights.folder), replica_spec)
+        loader.shutdown(wait=False)
+    else:
+        tokenizer = load_read_stage_tokenizer(Path(weights.folder), replica_spec)
     return Resolved(place(replica_spec, on_gpus).dtype, weights, tokenizer)
 
 
-def read_stage_tokenizer(folder: Path, replica_spec: ReplicaSpec) -> TextTokenizer | None:
+def load_read_stage_tokenizer(folder: Path, replica_spec: ReplicaSpec) -> TextTokenizer | None:
     """The replicas' tokenizer, loaded once here for every read task; None (the replicas
     then tokenize texts themselves, and say why) where this job does not mirror the model's
     tokenization or the tokenizer does not load."""
@@ -308,7 +325,7 @@ def resolve_where_replicas_run(job: Job, placement: Placement) -> Resolved:
     replica_spec = replica_spec_for(job, placement)
     nodes = [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
     if not placement.on_gpus and nodes == [ray.get_runtime_context().get_node_id()]:
-        return resolve(replica_spec, on_gpus=False)
+        return resolve(replica_spec, on_gpus=False, background=True)
     task = ray.remote(num_cpus=placement.cpus_per_replica, num_gpus=placement.gpus_per_replica)(
         resolve
     )
@@ -502,7 +519,7 @@ def run_on_ray(
     replica_spec = replica_spec_for(job, placement)
     lease.check()
     calibrated = calibrate(job, readable, scan.sample, replica_spec, placement)
-    stage_spec = stage_spec_for(job, calibrated, lease.run_id, job.resolved.tokenizer)
+    stage_spec = stage_spec_for(job, calibrated, lease.run_id, job.resolved.read_stage_tokenizer())
     work = plan_work(
         job.input_files, scan, job.output, stage_spec.fingerprint_id, settings.block_rows, listing
     )
