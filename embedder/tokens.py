@@ -80,7 +80,7 @@ class TextTokenizer:
 
     def __reduce__(self):
         state = (self.backend.to_str(), self.limit, self.prompt, self.pad_id, self.padding_side)
-        return (TextTokenizer, state)
+        return (rebuilt_tokenizer, (self.identity, state))
 
     def tokenize(self, texts: list[str]) -> Tokens:
         """Each text's ids (prompt included, capped at the limit), as one Arrow column."""
@@ -95,6 +95,18 @@ class TextTokenizer:
         )
         column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
         return Tokens(column, sum(bool(e.overflowing) for e in encodings))
+
+
+# Each read task unpickles its stage's arguments again; a worker builds each tokenizer once
+# (building it from its JSON costs tens of ms for MiniLM, far more for large vocabularies).
+_BUILT: dict[str, TextTokenizer] = {}
+
+
+def rebuilt_tokenizer(identity: str, state: tuple) -> TextTokenizer:
+    """A pickled TextTokenizer, built once per process."""
+    if identity not in _BUILT:
+        _BUILT[identity] = TextTokenizer(*state)
+    return _BUILT[identity]
 
 
 @dataclass(frozen=True)

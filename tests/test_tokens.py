@@ -76,7 +76,9 @@ def test_the_tokenizer_reaches_a_read_task_pickled_and_needs_no_transformers_the
     (tmp_path / "tokenizer.pickle").write_bytes(pickle.dumps(replica.text_tokenizer))
     script = (
         "import pickle, sys\n"
-        f"tokenizer = pickle.loads(open({str(tmp_path / 'tokenizer.pickle')!r}, 'rb').read())\n"
+        f"data = open({str(tmp_path / 'tokenizer.pickle')!r}, 'rb').read()\n"
+        "tokenizer = pickle.loads(data)\n"
+        "assert pickle.loads(data) is tokenizer  # built once per process, not per task\n"
         f"tokens = tokenizer.tokenize({texts!r})\n"
         "print(tokenizer.identity, tokens.truncated, tokens.ids.to_pylist())\n"
         "assert 'transformers' not in sys.modules and 'torch' not in sys.modules\n"
