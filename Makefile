@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[s3,demo,test,eval]'
+	$(BIN)/pip install --quiet -e '.[s3,demo,test,eval,onnx,openvino]'
 	touch $(STAMP)
 
 demo: install

@@ -25,7 +25,14 @@ from embedder.batching import (
     plan_fixed_shape_batches,
     plan_micro_batches,
 )
-from embedder.device import choose_dtype, resolve_device, torch_dtype
+from embedder.device import DeviceError, choose_dtype, resolve_device, torch_dtype
+from embedder.graphs import (
+    GraphError,
+    GraphModel,
+    choose_openvino_precision,
+    is_graph_backend,
+    load_graph_model,
+)
 from embedder.memory import peak_rss_bytes
 from embedder.tokens import TextTokenizer, TokenizerSpec, Tokens, load_text_tokenizer
 from embedder.vectors import bad_rows, truncate_and_normalize
@@ -61,12 +68,23 @@ class ReplicaSpec:
     weights_digest: str = ""
     # "auto": flash attention 2 on unpadded inputs where it applies, else SDPA (embedder.attention).
     attention: str = "auto"
+    # The registry's pooling ("mean", "CLS"...): what a graph backend pools an ONNX-only
+    # folder's token states with (a sentence-transformers folder says it itself).
+    pooling: str = ""
+    # --quantize int8: the int8 graph kept in OUTPUT (embedder.graphs.QuantizedGraph).
+    quantized: Any = None
 
     @property
     def takes_token_ids(self) -> bool:
-        """Whether its replicas may be fed token ids made elsewhere: not for another backend
-        or encode arguments of the model's own, whose tokenization this job does not mirror."""
-        return self.backend == "torch" and not self.encode_kwargs
+        """Whether its replicas may be fed token ids made elsewhere: not with encode arguments
+        of the model's own, whose tokenization this job does not mirror. The graph backends
+        take nothing else."""
+        return not self.encode_kwargs
+
+    @property
+    def runs_graph(self) -> bool:
+        """ONNX Runtime or OpenVINO (embedder.graphs), not torch."""
+        return is_graph_backend(self.backend)
 
     def tokenizer_spec(self) -> TokenizerSpec:
         """The tokenizer this spec's replicas check and take token ids from."""
@@ -74,7 +92,9 @@ class ReplicaSpec:
 
     def locate_weights(self) -> Weights:
         """The weights this spec names, as found on this machine."""
-        return locate(self.source, self.source_is_local, self.local_package, self.revision)
+        return locate(
+            self.source, self.source_is_local, self.local_package, self.revision, self.backend
+        )
 
     @classmethod
     def for_model(
@@ -95,6 +115,7 @@ class ReplicaSpec:
             document_prompt_name=model.document_prompt_name,
             encode_kwargs=dict(model.encode_kwargs),
             card_dtype=model.card_dtype,
+            pooling=model.pooling,
             **runtime,
         )
 
@@ -148,6 +169,8 @@ class Placed:
 def place(spec: ReplicaSpec, gpus_assigned: bool | None = None) -> Placed:
     """The device and precision a replica of `spec` gets here (DeviceError when it cannot).
     A replica that must run on the CPU is placed without asking torch (no CUDA start-up)."""
+    if spec.runs_graph:
+        return place_graph(spec, gpus_assigned)
     if spec.device == "cpu" or (spec.device == "auto" and gpus_assigned is False):
         return Placed("cpu", choose_dtype(spec.dtype, "cpu", None, spec.card_dtype), None, "")
     import torch
@@ -160,6 +183,24 @@ def place(spec: ReplicaSpec, gpus_assigned: bool | None = None) -> Placed:
         capability,
         torch.cuda.get_device_name() if device == "cuda" else "",
     )
+
+
+def place_graph(spec: ReplicaSpec, gpus_assigned: bool | None) -> Placed:
+    """ONNX Runtime and OpenVINO replicas run on CPUs, in fp32 (or OpenVINO's bf16)."""
+    if spec.device == "cuda" or gpus_assigned:
+        raise DeviceError(
+            f"the {spec.backend} backend runs on CPUs: run it with --device cpu (or "
+            "--gpus-per-replica 0), or use --backend torch on GPUs"
+        )
+    allowed = ("auto", "fp32", "bf16") if spec.backend == "openvino" else ("auto", "fp32")
+    if spec.dtype not in allowed:
+        raise DeviceError(
+            f"--dtype {spec.dtype} does not combine with --backend {spec.backend} "
+            f"(it runs {', '.join(d for d in allowed if d != 'auto')})"
+        )
+    if spec.backend == "openvino":
+        return Placed("cpu", choose_openvino_precision(spec.dtype), None, "")
+    return Placed("cpu", "fp32", None, "")
 
 
 class Replica:
@@ -223,6 +264,8 @@ class Replica:
             "compute_capability": f"{cap[0]}.{cap[1]}" if cap else "",
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
             "max_seq_length": self.model.max_seq_length,
+            "backend": self.spec.backend,
+            "quantization": self.model.run.quantization if self.spec.runs_graph else "none",
             "attention": self.attention.describe(),
             "attention_unpadded": self.attention.unpadded,
             # Token ids are taken from the read stage when they carry this identity; else
@@ -362,6 +405,8 @@ class Replica:
         import torch
         from sentence_transformers.util import batch_to_device
 
+        if isinstance(model, GraphModel):
+            return model.embed({k: v.numpy() for k, v in features.items()})
         with torch.inference_mode():
             output = model(batch_to_device(features, model.device))
             return output["sentence_embedding"].float().cpu().numpy()
@@ -398,14 +443,33 @@ class Replica:
             features["token_type_ids"] = torch.zeros_like(features["input_ids"])
         return features | layout.extras
 
+    def calibration_batches(self, texts: list[str], rows: int = 16) -> list[dict[str, Any]]:
+        """These texts as the model's padded inputs (numpy), in batches of similar length:
+        what a static int8 quantization is calibrated on."""
+        ids = self.text_tokenizer.tokenize(texts).rows()
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        return [
+            {k: v.numpy() for k, v in self.features([ids[i] for i in order[s : s + rows]]).items()}
+            for s in range(0, len(order), rows)
+        ]
+
     def check_tokenizer(self) -> tuple[TextTokenizer | None, str]:
         """This job's tokenizer for the model, where it gives exactly the features of the
         model's own `preprocess` on a probe (prompt included, a text past the length cap);
         else None and why: the replica then hands texts to sentence-transformers."""
         if not self.spec.takes_token_ids:
-            return None, "the model's backend or encode arguments are its own"
+            if self.spec.runs_graph:
+                raise GraphError(
+                    f"the {self.spec.backend} backend feeds the model token ids and cannot "
+                    "pass the model's own encode arguments: use --backend torch"
+                )
+            return None, "the model's encode arguments are its own"
         spec = self.spec.tokenizer_spec()
         tokenizer = load_text_tokenizer(Path(self.weights.folder), spec)
+        if self.spec.runs_graph:
+            # The graph takes nothing but these ids: the tokenizer is the model's by definition.
+            self.layout = Layout.for_graph(tokenizer, self.model)
+            return tokenizer, ""
         if tokenizer is None:
             return None, "its tokenization is not one this job mirrors"
         if tokenizer.limit != self.max_seq_length or tokenizer.prompt != self.prompt:
@@ -452,6 +516,18 @@ class Layout:
     flatten: bool
     position_offset: int
     extras: dict[str, Any]  # what preprocess adds besides tensors (modality, prompt_length)
+
+    @classmethod
+    def for_graph(cls, tokenizer: TextTokenizer, model: GraphModel) -> Layout:
+        """Padded batches, token types where the graph takes them."""
+        return cls(
+            pad_id=tokenizer.pad_id,
+            pad_left=tokenizer.padding_side == "left",
+            token_types="token_type_ids" in model.input_names,
+            flatten=False,
+            position_offset=0,
+            extras={},
+        )
 
     @classmethod
     def of(cls, reference: dict[str, Any], tokenizer: TextTokenizer, model) -> Layout:
@@ -546,6 +622,18 @@ def load_model(
     the caller against the digest the spec pins); nothing touches the hub. Returns the model
     and the attention it really runs (embedder.attention): flash attention 2 on unpadded
     inputs where the GPU, precision and batches allow it, else SDPA on padded batches."""
+    if spec.runs_graph:
+        model = load_graph_model(
+            Path(weights.folder),
+            weights.digest,
+            spec.backend,
+            dtype,
+            spec.pooling,
+            spec.cpu_threads,
+            spec.trust_remote_code,
+            spec.quantized,
+        )
+        return model, choose_attention(device, None, True, False, backend=spec.backend)
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as transformers_logging
 

@@ -122,10 +122,9 @@ class TokenizerSpec:
 def load_text_tokenizer(folder: Path, spec: TokenizerSpec) -> TextTokenizer | None:
     """The tokenizer of the weights in `folder`, set up as `spec` says; None where this job
     does not mirror the model's tokenization (see the module's notes)."""
-    first = first_module(folder)
-    if first is None:
+    module_dir = input_module_dir(folder)
+    if module_dir is None:
         return None
-    module_dir = folder / first.get("path", "")
     config = read_json(module_dir / "sentence_bert_config.json")
     if config.get("do_lower_case") or config.get("modality_config"):
         return None
@@ -140,6 +139,16 @@ def load_text_tokenizer(folder: Path, spec: TokenizerSpec) -> TextTokenizer | No
         limit = min(limit, spec.max_tokens)
     prompt = spec.prompt or prompts(folder).get(spec.prompt_name, "")
     return TextTokenizer.of(tokenizer, limit, prompt)
+
+
+def input_module_dir(folder: Path) -> Path | None:
+    """Where the model's tokenizer lies: its sentence-transformers input module, or the root
+    of a folder with no sentence-transformers config but a fast tokenizer (a plain
+    transformers folder, or an ONNX-only one)."""
+    if not (folder / "modules.json").exists():
+        return folder if (folder / "tokenizer.json").exists() else None
+    first = first_module(folder)
+    return None if first is None else folder / first.get("path", "")
 
 
 def first_module(folder: Path) -> dict | None:

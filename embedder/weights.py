@@ -44,6 +44,8 @@ NOT_LOADED = (
     "flax_model*",
     "coreml/*",
 )
+# An ONNX-only folder's graph and its external weights (embedder.graphs), at the root.
+ROOT_GRAPH_FILES = ("*.onnx", "*.onnx_data")
 # PyTorch weights that transformers skips when a .safetensors file is there.
 PICKLED_WEIGHTS = ("pytorch_model*.bin", "*.pt")
 
@@ -66,15 +68,21 @@ class Weights:
         return {"revision": self.revision or None, "digest": self.digest}
 
 
-def locate(source: str, is_local: bool, local_package: str = "", revision: str = "") -> Weights:
+def locate(
+    source: str, is_local: bool, local_package: str = "", revision: str = "", backend: str = ""
+) -> Weights:
     """The folder the weights load from, and its hub commit where it comes from the hub (a
-    snapshot of the revision asked for, downloaded unless it is in the cache already)."""
+    snapshot of the revision asked for, downloaded unless it is in the cache already; with
+    the onnx or openvino backend, ONNX files at its root too: an ONNX-only repository)."""
     folder, local = resolve_source(source, is_local, local_package)
     commit = ""
     if not local:
         from huggingface_hub import snapshot_download
 
-        folder = snapshot_download(source, revision=revision or None, ignore_patterns=NOT_LOADED)
+        ignored = NOT_LOADED
+        if backend in ("onnx", "openvino"):
+            ignored = tuple(p for p in NOT_LOADED if p not in ROOT_GRAPH_FILES)
+        folder = snapshot_download(source, revision=revision or None, ignore_patterns=ignored)
         commit = Path(folder).name  # the cache names each snapshot by its commit
     files = loaded_files(Path(folder))
     return Weights(str(folder), commit, digest_of(Path(folder), files), len(files))
@@ -87,10 +95,20 @@ def loaded_files(folder: Path) -> list[str]:
         for path in folder.rglob("*")
         if path.is_file() and not path.name.endswith((".lock", ".incomplete"))
     )
-    found = [f for f in found if not any(fnmatch.fnmatch(f, p) for p in NOT_LOADED)]
+    # An ONNX-only folder (no torch weights at its root): its graph is what loads.
+    graph_only = not any("/" not in f and f.endswith((".safetensors", ".bin")) for f in found)
+    found = [
+        f
+        for f in found
+        if not any(fnmatch.fnmatch(f, p) for p in NOT_LOADED) or (graph_only and root_graph(f))
+    ]
     if any(f.endswith(".safetensors") for f in found):
         found = [f for f in found if not any(fnmatch.fnmatch(f, p) for p in PICKLED_WEIGHTS)]
     return found
+
+
+def root_graph(relpath: str) -> bool:
+    return "/" not in relpath and any(fnmatch.fnmatch(relpath, p) for p in ROOT_GRAPH_FILES)
 
 
 def digest_of(folder: Path, files: list[str]) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from embedder import Replica, ReplicaSpec
+from embedder.graphs import QuantizedGraph, files_digest, quantize_int8
 from embedder.outputs import CALIBRATED, base_vectors, calibration_ranges
 from embedder.rotation import from_bytes as rotation_from_bytes
 from embedder.rotation import pca_rotation
@@ -29,6 +30,8 @@ from embedder.rotation import to_bytes as rotation_bytes
 from jobs.pipeline.blocks import read_blocks
 from jobs.pipeline.folders import (
     CALIBRATION,
+    QUANTIZED,
+    QUANTIZED_FOLDER,
     ROTATION,
     InputFolder,
     OutputError,
@@ -117,6 +120,62 @@ def load_or_calibrate(
         record["ranges"] = calibration_ranges(base, dims, rotation=rotation)
     output.write_json(CALIBRATION, record)
     return record
+
+
+def load_or_quantize(
+    output: OutputFolder,
+    sample: Callable[[], list[str]],
+    quantize: Callable[[list[str]], dict[str, bytes]],
+    backend: str,
+) -> dict[str, Any] | None:
+    """The int8 model this OUTPUT runs (--quantize int8): the one recorded in it, or one made
+    now by `quantize(sample())` and kept in OUTPUT (its files first, then the record naming
+    them and their digest), so that every replica, every resume and QueryEncoder run exactly
+    it. None when there is no valid row to calibrate on (nothing will be embedded)."""
+    recorded = output.read_json(QUANTIZED)
+    if recorded is not None:
+        return recorded
+    texts = sample()
+    if not texts:
+        return None
+    files = quantize(texts)
+    order = sorted(files, key=lambda name: not name.endswith((".onnx", ".xml")))  # graph first
+    for name in order:
+        output.write_bytes(f"{QUANTIZED_FOLDER}/{name}", files[name])
+    record = {
+        "backend": backend,
+        "quantization": "int8",
+        "files": [f"{QUANTIZED_FOLDER}/{name}" for name in order],
+        "digest": files_digest(files),
+        "rows": len(texts),
+    }
+    output.write_json(QUANTIZED, record)
+    return record
+
+
+def quantized_graph(output: OutputFolder, record: dict[str, Any] | None) -> QuantizedGraph | None:
+    """The int8 model a record names, read from OUTPUT by whoever loads it (OutputError for
+    a name that leads outside OUTPUT: a record may come from someone else)."""
+    if not record:
+        return None
+    files = tuple(output.inside(str(f)) for f in record["files"])
+    return QuantizedGraph(str(record["backend"]), files, str(record["digest"]), output)
+
+
+def quantize_on_ray(replica_spec: ReplicaSpec, placement: Placement):
+    """A function that makes the int8 model in one Ray task with a replica's resources
+    (where the weights are)."""
+    import ray
+
+    task = ray.remote(num_cpus=placement.cpus_per_replica)(_quantize)
+    return lambda texts: ray.get(task.remote(replica_spec, texts))
+
+
+def _quantize(replica_spec: ReplicaSpec, texts: list[str]) -> dict[str, bytes]:
+    replica = Replica(replica_spec, gpus_assigned=False)
+    return quantize_int8(
+        replica.model.graph, replica_spec.backend, replica.calibration_batches(texts)
+    )
 
 
 def rotates_full_width(record: dict[str, Any] | None) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 from embedder import Replica, ReplicaSpec
 from jobs.pipeline import commit, duplicates
 from jobs.pipeline.blocks import read_planned
+from jobs.pipeline.folders import QUANTIZED
 from jobs.pipeline.stages import block_report
 from jobs.pipeline.work import plan_work
 
@@ -84,7 +85,19 @@ def survey(job, replica_spec: ReplicaSpec) -> dict[str, Any]:
         "files_undecodable": sorted(cuts, key=lambda c: c["file"]),
         "files_unread": scan.unread,
         "estimate": estimate,
+        "quantization": quantization_plan(job),
+        "calibration_rows": settings.calibration_rows,
     }
+
+
+def quantization_plan(job) -> str | None:
+    """What --quantize int8 will do first: "kept" (OUTPUT holds the int8 model already) or
+    "to make" (calibrated on the sample before any block is embedded); None without it."""
+    if job.settings.quantize == "none":
+        return None
+    if not job.settings.overwrite and job.output.read_json(QUANTIZED) is not None:
+        return "kept"
+    return "to make"
 
 
 def collection_of(relpath: str) -> str:
@@ -157,6 +170,15 @@ def describe(surveyed: dict[str, Any]) -> str:
         )
     for file, error in surveyed["files_unread"].items():
         lines.append(f"  could not read:   {file} ({error}): the run will exit 1")
+    if surveyed["quantization"] == "to make":
+        lines.append(
+            f"  int8 model:       made first, once for this OUTPUT, by static quantization "
+            f"calibrated on up to {surveyed['calibration_rows']} rows of the corpus (minutes "
+            "for a large model), and kept in OUTPUT; the estimate below is of the unquantized "
+            "model"
+        )
+    elif surveyed["quantization"] == "kept":
+        lines.append("  int8 model:       the one OUTPUT holds (made by an earlier run)")
     if estimate["rows_per_second"]:
         lines.append(
             f"  estimate:         {estimate['seconds'] / 60:.1f} min of encoding for one replica "

@@ -9,6 +9,8 @@ OUTPUT's layout:
     _calibration.json                       the calibration sample's record: int8/uint8 ranges,
                                             the rotation (jobs.pipeline.calibration)
     _rotation.npy                           the rotation matrix, with --rotate pca
+    _quantized.json                         the int8 model's record, with --quantize int8
+    _quantized/<file>                       the int8 model (jobs.pipeline.calibration)
     _lease.json                             the run that holds OUTPUT now (jobs.pipeline.lease)
     _lease.json.lock                        while a run changes the lease on local disk
     _manifest.json                          the last finished run (jobs.pipeline.manifest)
@@ -49,7 +51,9 @@ LEASE = "_lease.json"
 LEASE_LOCK = "_lease.json.lock"
 # Markers of an earlier version's takeovers: removed by the next run that holds the lease.
 LEGACY_TAKEOVER = "_lease.takeover-"
-RUN_RECORDS = (MANIFEST, FINGERPRINT, CALIBRATION, ROTATION)
+QUANTIZED = "_quantized.json"
+QUANTIZED_FOLDER = "_quantized"
+RUN_RECORDS = (MANIFEST, FINGERPRINT, CALIBRATION, ROTATION, QUANTIZED)
 REJECTED = "_rejected"
 COLLECTION_PREFIX = "collection="
 # Local files are written under this dot-name first: readers that glob *.parquet skip it.
@@ -577,7 +581,12 @@ class OutputFolder(Folder):
     def is_written_by_the_job(self, relpath: str) -> bool:
         """A file this job writes: a block file, a rejection list, a run record, a lease file,
         or a temp file of one of them."""
-        return relpath in RUN_RECORDS or is_lease_file(relpath) or self.is_job_file(relpath)
+        return (
+            relpath in RUN_RECORDS
+            or relpath.startswith(f"{QUANTIZED_FOLDER}/")
+            or is_lease_file(relpath)
+            or self.is_job_file(relpath)
+        )
 
     def foreign_files(self) -> list[str]:
         """Files in OUTPUT that this job did not write."""

@@ -14,16 +14,18 @@ import _thread
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from embedder import ReplicaSpec
+from embedder.graphs import GraphError, is_graph_backend
 from embedder.outputs import output_columns
 from embedder.replica import place
 from embedder.tokens import TextTokenizer, load_text_tokenizer
@@ -80,6 +82,7 @@ REFUSALS = (
     InputError,
     OutputError,
     commit.FingerprintMismatch,
+    GraphError,
     PlacementError,
     LocalPathOnCluster,
     LeaseHeld,
@@ -157,6 +160,8 @@ class Job:
             "drop_text": settings.drop_text,
             "block_rows": settings.block_rows,
         }
+        if settings.quantize != "none":  # absent otherwise: OUTPUTs made before it still match
+            fingerprint["quantize"] = settings.quantize
         if self.resolved is not None:
             fingerprint["dtype"] = self.resolved.dtype
             fingerprint["weights"] = self.resolved.weights.pinned()
@@ -203,7 +208,7 @@ def with_resolved(job: Job, resolved: Resolved) -> Job:
 def prepare_job(settings: EmbedSettings) -> Job:
     """Every check that can refuse the run, before Ray starts or anything is written."""
     registry = Registry.load(settings.registry_file)
-    model_spec = registry.get(settings.model)
+    model_spec = with_backend(registry.get(settings.model), settings)
     dims = output_dims(model_spec, settings)
     truncations = [check_truncation(model_spec, d, settings.allow_non_matryoshka) for d in dims]
     check_remote_code(
@@ -223,6 +228,30 @@ def prepare_job(settings: EmbedSettings) -> Job:
     if not settings.dry_run:
         check_free(output)
     return job
+
+
+def with_backend(model_spec: ModelSpec, settings: EmbedSettings) -> ModelSpec:
+    """The registry entry with the run's --backend (what the manifest then records, and
+    queries load), after refusing what does not combine with it."""
+    backend = settings.backend or model_spec.backend
+    if is_graph_backend(backend):
+        if settings.device == "cuda" or (settings.gpus_per_replica or 0) > 0:
+            raise SettingsError(
+                f"--backend {backend} runs on CPUs: it does not combine with --device cuda or "
+                "--gpus-per-replica; use --backend torch on GPUs"
+            )
+        if model_spec.encode_kwargs:
+            raise SettingsError(
+                f"{model_spec.name} takes encode arguments of its own "
+                f"({sorted(model_spec.encode_kwargs)}), which --backend {backend} cannot pass: "
+                "use --backend torch"
+            )
+    elif settings.quantize != "none":
+        raise SettingsError(
+            f"--quantize {settings.quantize} runs a quantized graph: it needs --backend onnx "
+            "or --backend openvino"
+        )
+    return model_spec.model_copy(update={"backend": backend})
 
 
 def check_only_job_files(output: OutputFolder) -> None:
@@ -432,9 +461,9 @@ def plan_cluster(job: Job) -> Placement:
     settings = job.settings
     nodes = alive_nodes()
     check_shared_storage(job, nodes)
-    placement = place_replicas(
-        nodes, settings.replicas, settings.gpus_per_replica, settings.cpus_per_replica
-    )
+    # A graph backend runs on CPUs: its replicas take no GPU, even on a GPU cluster.
+    gpus_each = 0 if is_graph_backend(job.model_spec.backend) else settings.gpus_per_replica
+    placement = place_replicas(nodes, settings.replicas, gpus_each, settings.cpus_per_replica)
     cpus, gpus, accelerators = cluster_resources()
     log.info(
         "cluster: %d node(s), %g CPU, %g GPU%s -> %d replica(s), %g GPU and %d CPU each; "
@@ -518,7 +547,16 @@ def run_on_ray(
     readable = [f for f in job.input_files if f.relpath not in scan.unread]
     replica_spec = replica_spec_for(job, placement)
     lease.check()
-    calibrated = calibrate(job, readable, scan.sample, replica_spec, placement)
+    sample = functools.cache(
+        lambda: calibration.sample_texts(
+            job.input, readable, job.columns, settings.block_rows, scan.sample
+        )
+    )
+    quantized = quantize(job, sample, replica_spec, placement)
+    replica_spec = dataclasses.replace(
+        replica_spec, quantized=calibration.quantized_graph(job.output, quantized)
+    )
+    calibrated = calibrate(job, sample, replica_spec, placement)
     stage_spec = stage_spec_for(job, calibrated, lease.run_id, job.resolved.read_stage_tokenizer())
     work = plan_work(
         job.input_files, scan, job.output, stage_spec.fingerprint_id, settings.block_rows, listing
@@ -538,6 +576,7 @@ def run_on_ray(
         model_spec=job.model_spec,
         truncations=job.truncations,
         calibration=calibrated,
+        quantized_model=quantized,
         fingerprint=job.fingerprint,
         weights=job.resolved.weights.pinned() | {"files": job.resolved.weights.files},
         settings_public=settings.public_dict(),
@@ -599,21 +638,31 @@ def stage_spec_for(
     )
 
 
+def quantize(
+    job: Job, sample: Callable[[], list[str]], replica_spec: ReplicaSpec, placement: Placement
+) -> dict | None:
+    """--quantize int8: the int8 model of this OUTPUT (recorded, or made now from the scan's
+    sample, spread over the corpus); None without --quantize."""
+    if job.settings.quantize == "none":
+        return None
+    return calibration.load_or_quantize(
+        job.output,
+        sample,
+        calibration.quantize_on_ray(replica_spec, placement),
+        job.model_spec.backend,
+    )
+
+
 def calibrate(
-    job: Job,
-    readable: list[InputFile],
-    sample: list[tuple[str, int]],
-    replica_spec: ReplicaSpec,
-    placement: Placement,
+    job: Job, sample: Callable[[], list[str]], replica_spec: ReplicaSpec, placement: Placement
 ):
     """The rotation and int8/uint8 ranges of this OUTPUT (recorded, or calibrated now from
-    the scan's sample, spread over the corpus); None when the run needs neither."""
+    the scan's sample, spread over the corpus, by the model the replicas run); None when the
+    run needs neither."""
     settings = job.settings
     return calibration.load_or_calibrate(
         job.output,
-        lambda: calibration.sample_texts(
-            job.input, readable, job.columns, settings.block_rows, sample
-        ),
+        sample,
         job.dims,
         calibration.embed_on_ray(replica_spec, placement),
         settings.precision,

@@ -130,6 +130,7 @@ def build_manifest(
     truncations,
     calibration,
     fingerprint: dict[str, Any],
+    quantized_model: dict[str, Any] | None = None,
     weights: dict[str, Any],
     settings_public: dict[str, Any],
     replicas: list[dict[str, Any]],
@@ -168,6 +169,9 @@ def build_manifest(
         "normalized": True,
         "precision": settings_public.get("precision", "float32"),
         "calibration": calibration,
+        # --quantize int8: the int8 model in OUTPUT the replicas ran, and queries must run.
+        "backend": model_spec.backend,
+        "quantized_model": quantized_model,
         "prompt": model_spec.document_prompt_label() or None,
         "query_prompt": model_spec.query_prompt_label() or None,
         # What a query encoder needs to embed queries as these documents were

@@ -104,6 +104,16 @@ class EmbedSettings(BaseSettings):
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="weights precision: auto = fp32 on CPU, bf16/fp16 on GPU"
     )
+    backend: Literal["torch", "onnx", "openvino"] | None = Field(
+        None,
+        description="what runs the model: torch, or on CPUs onnx (ONNX Runtime) or openvino; "
+        "default: the registry entry's, else torch",
+    )
+    quantize: Literal["none", "int8"] = Field(
+        "none",
+        description="int8: run a static int8 model (onnx or openvino backend), calibrated once "
+        "per OUTPUT on the calibration sample and kept in OUTPUT",
+    )
     batch_size: int = Field(256, ge=1, description="most texts in one forward pass")
     max_batch_tokens: int | None = Field(
         None,

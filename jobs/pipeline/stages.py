@@ -270,9 +270,11 @@ class EmbedBatches:
             if info["tokenizer"]
             else f"tokenizes texts itself ({info['tokenizes_texts_because']})"
         )
+        quantized = "" if info["quantization"] == "none" else f" ({info['quantization']} model)"
         print(
             f"replica {self.replica_id[:8]} on {where if info['gpu_name'] else 'cpu'} in "
-            f"{info['dtype']}, attention {info['attention']}, {tokens}, "
+            f"{info['dtype']}, backend {info['backend']}{quantized}, "
+            f"attention {info['attention']}, {tokens}, "
             f"CUDA_VISIBLE_DEVICES={info['cuda_visible_devices'] or '-'}",
             flush=True,
         )

@@ -14,6 +14,7 @@ Without --corpus/--queries it uses the built-in code-search set (jobs/quality/ev
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from embedder import Replica, ReplicaSpec
+from embedder.graphs import is_graph_backend
 from embedder.rotation import pca_rotation, rotate
 from embedder.vectors import truncate_and_normalize
 from jobs.pipeline.blocks import read_blocks
@@ -144,6 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--registry-file", help="TOML file with your own models")
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnx", "openvino"),
+        help="score this backend (default: the registry entry's) and what it keeps of torch fp32",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=("none", "int8"),
+        default="none",
+        help="int8: a static int8 model (onnx or openvino), calibrated on the documents",
+    )
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--revision", default="")
     parser.add_argument(
@@ -155,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         model_spec = Registry.load(args.registry_file).get(args.model)
+        if args.backend:
+            model_spec = model_spec.model_copy(update={"backend": args.backend})
+        if args.quantize != "none" and not is_graph_backend(model_spec.backend):
+            raise RegistryError("--quantize int8 needs --backend onnx or --backend openvino")
         dims = [int(d) for d in args.dims.split(",")] if args.dims else default_dims(model_spec)
         if any(d <= 0 or d > model_spec.native_dim for d in dims):
             raise RegistryError(
@@ -172,17 +189,29 @@ def main(argv: list[str] | None = None) -> int:
     else:
         documents, queries = evalsets.code_search_set(args.limit)
         set_name = "built-in stdlib code search"
-    replica = Replica(
-        ReplicaSpec.for_model(
-            model_spec,
-            model_spec.native_dim,
-            revision=args.revision,
-            trust_remote_code=args.trust_remote_code,
-            device=args.device,
-            dtype=args.dtype,
-        )
+    spec = ReplicaSpec.for_model(
+        model_spec,
+        model_spec.native_dim,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
+        device=args.device,
+        dtype=args.dtype,
     )
+    if args.quantize != "none":
+        from jobs.quality.backends import calibration_texts, with_int8_model
+
+        spec = with_int8_model(spec, calibration_texts(documents), Path(args.out) / "int8-model")
+    replica = Replica(spec)
     result = evaluate(replica, model_spec, documents, queries, dims, args.rotate == "pca")
+    if args.backend or args.quantize != "none":
+        from jobs.quality.backends import backend_cost
+
+        reference = Replica(
+            dataclasses.replace(spec, backend="torch", dtype="fp32", device="cpu", quantized=None)
+        )
+        result["backend_cost"] = backend_cost(
+            replica, reference, model_spec, documents, queries, dims
+        )
     dim, method = recommend_method(result["dims"], result.get("rotated"), args.keep)
     report = {
         "model": model_spec.name,

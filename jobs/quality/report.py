@@ -64,7 +64,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['keep']:.2f} of full-dim nDCG@10).",
         "",
     ]
-    return "\n".join(lines + tradeoff_lines(report))
+    return "\n".join(lines + tradeoff_lines(report) + backend_cost_lines(report))
 
 
 def tradeoff_lines(report: dict[str, Any]) -> list[str]:
@@ -136,3 +136,25 @@ def plot(report: dict[str, Any], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
+
+
+def backend_cost_lines(report: dict[str, Any]) -> list[str]:
+    """What the backend or int8 model keeps of torch fp32 (jobs.quality.backends)."""
+    cost = report.get("backend_cost")
+    if not cost:
+        return []
+    quantized = "" if cost["quantization"] == "none" else f", {cost['quantization']} model"
+    lines = [
+        "",
+        f"## {cost['backend']} in {cost['precision']}{quantized} against {cost['reference']}",
+        "",
+        f"Document vectors' cosine to the reference: min {cost['cosine_min']:.5f}, "
+        f"mean {cost['cosine_mean']:.5f}.",
+        "",
+        "| dim | recall@10 kept | nDCG@10 kept | MRR@10 kept |",
+        "|---|---|---|---|",
+    ]
+    for dim in sorted(cost["kept"], key=int, reverse=True):
+        k = cost["kept"][dim]
+        lines.append(f"| {dim} | {k['recall@10']:.4f} | {k['ndcg@10']:.4f} | {k['mrr@10']:.4f} |")
+    return lines

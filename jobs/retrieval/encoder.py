@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from embedder import Replica, ReplicaSpec
 from embedder.outputs import base_vectors, output_columns, output_vectors
 from embedder.weights import WeightsMismatch
-from jobs.pipeline.calibration import load_rotation, rotates_full_width
+from jobs.pipeline.calibration import load_rotation, quantized_graph, rotates_full_width
 from jobs.pipeline.folders import MANIFEST, OutputError, OutputFolder, resolves_inside
 from jobs.pipeline.manifest import MANIFEST_VERSION
 from registry import ModelSpec, Registry, check_remote_code
@@ -129,6 +129,8 @@ class QueryEncoder:
         self.ranges = (manifest["calibration"] or {}).get("ranges")
         try:
             self.rotation = load_rotation(output, manifest["calibration"])
+            # --quantize int8: the int8 model OUTPUT's documents were embedded with.
+            quantized = quantized_graph(output, manifest.get("quantized_model"))
         except OutputError as err:
             raise ManifestError(str(err)) from None
         # As OUTPUT's documents were: the full-width column unrotated, unless OUTPUT is from
@@ -147,6 +149,7 @@ class QueryEncoder:
             batch_size=settings["batch_size"],
             max_batch_tokens=settings["max_batch_tokens"],
             weights_digest=weights["digest"],
+            quantized=quantized,
         )
         try:
             self.documents = Replica(replica_spec)

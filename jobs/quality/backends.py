@@ -1,0 +1,86 @@
+"""What a CPU backend or an int8 model costs, against torch in fp32 (`jobs.evaluate --backend
+... --quantize int8`): the retrieval scores each keeps per dim and how close its vectors are.
+
+The int8 model is made as a run makes it (embedder.graphs.quantize_int8), calibrated on a
+sample spread over the documents, so that a user sees the cost before choosing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from embedder import Replica, ReplicaSpec
+from embedder.graphs import QuantizedGraph, files_digest, quantize_int8
+from jobs.quality.evaluation import quality_by_dim
+
+METRICS = ("recall@10", "ndcg@10", "mrr@10")
+CALIBRATION_TEXTS = 300  # as many as a run's default sample would give a small corpus
+
+
+def with_int8_model(spec: ReplicaSpec, texts: list[str], folder: Path) -> ReplicaSpec:
+    """`spec` running an int8 model made from it, calibrated on `texts`, kept in `folder`."""
+    replica = Replica(spec)
+    files = quantize_int8(replica.model.graph, spec.backend, replica.calibration_batches(texts))
+    folder.mkdir(parents=True, exist_ok=True)
+    order = sorted(files, key=lambda name: not name.endswith((".onnx", ".xml")))  # graph first
+    for name in order:
+        (folder / name).write_bytes(files[name])
+    quantized = QuantizedGraph(
+        spec.backend,
+        tuple(str(folder / name) for name in order),
+        files_digest(files),
+        fsspec.filesystem("file"),
+    )
+    return dataclasses.replace(spec, quantized=quantized)
+
+
+def calibration_texts(documents: list[dict], count: int = CALIBRATION_TEXTS) -> list[str]:
+    """Up to `count` document texts spread evenly over the set."""
+    step = max(1, len(documents) // count)
+    return [d["text"] for d in documents[::step][:count]]
+
+
+def backend_cost(
+    candidate: Replica,
+    reference: Replica,
+    model_spec,
+    documents: list[dict],
+    queries: list[dict],
+    dims: list[int],
+) -> dict[str, Any]:
+    """Per dim, the share of the reference's recall@10, nDCG@10 and MRR@10 the candidate
+    keeps, and the cosine between their document vectors at full width."""
+    doc_ids = [d["id"] for d in documents]
+    known = set(doc_ids)
+    queries = [q for q in queries if set(q["relevant"]) & known]
+    vectors = {}
+    for name, replica in (("candidate", candidate), ("reference", reference)):
+        asking = replica.for_prompt(model_spec.query_prompt, model_spec.query_prompt_name)
+        vectors[name] = (
+            replica.embed([d["text"] for d in documents]),
+            asking.embed([q["query"] for q in queries]),
+        )
+    ours = quality_by_dim(*vectors["candidate"], doc_ids, queries, dims)
+    theirs = quality_by_dim(*vectors["reference"], doc_ids, queries, dims)
+    kept = {
+        dim: {m: ours[dim][m] / theirs[dim][m] if theirs[dim][m] else 1.0 for m in METRICS}
+        for dim in ours
+    }
+    cosine = np.sum(vectors["candidate"][0] * vectors["reference"][0], axis=1)
+    info = candidate.describe()
+    return {
+        "backend": info["backend"],
+        "precision": info["dtype"],
+        "quantization": info["quantization"],
+        "reference": "torch fp32",
+        "kept": kept,
+        "scores": ours,
+        "reference_scores": theirs,
+        "cosine_min": float(cosine.min()),
+        "cosine_mean": float(cosine.mean()),
+    }
