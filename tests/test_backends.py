@@ -273,3 +273,33 @@ def test_queries_on_an_int8_output_run_its_int8_model_and_reproduce_stored_rows(
     assert np.sum(stored * again["embedding"], axis=1).min() >= 0.9999
     codes = np.asarray(table.column("embedding_int8").to_pylist(), dtype=np.int8)
     np.testing.assert_array_equal(again["embedding_int8"], codes)
+
+
+def test_an_onnx_int8_model_keeps_most_of_the_vectors(tmp_path, model_path, bare_model):
+    from jobs.quality.backends import with_int8_model
+
+    spec = with_int8_model(spec_for(model_path, "onnx"), real_texts(80), tmp_path / "int8")
+    replica = Replica(spec)
+    assert replica.describe()["quantization"] == "int8"
+    texts = real_texts(120)[40:]
+    cosine = np.sum(replica.embed(texts) * reference_vectors(bare_model, texts, 384), axis=1)
+    assert cosine.mean() >= 0.98 and cosine.min() >= 0.9
+    assert cosine.min() < 0.9999  # the int8 graph ran
+
+
+def test_evaluate_gives_what_a_backend_and_int8_keep_of_torch_fp32(tmp_path):
+    from tests.test_evaluate import run_evaluate
+
+    out = tmp_path / "report"
+    result = run_evaluate(
+        "--limit", "120", "--dims", "384,128", "--backend", "openvino", "--quantize", "int8",
+        "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    cost = json.loads((out / "report.json").read_text())["backend_cost"]
+    assert cost["backend"] == "openvino" and cost["quantization"] == "int8"
+    assert cost["reference"] == "torch fp32" and set(cost["kept"]) == {"384", "128"}
+    for kept in cost["kept"].values():
+        assert 0.9 <= kept["ndcg@10"] <= 1.1 and 0.9 <= kept["mrr@10"] <= 1.1
+    assert 0.95 <= cost["cosine_mean"] < 1.0
+    assert "openvino in" in result.stdout and "int8 model against torch fp32" in result.stdout
