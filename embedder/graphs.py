@@ -33,8 +33,6 @@ POOLINGS = ("mean", "cls", "lasttoken")
 GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 GRAPH_OUTPUT = "last_hidden_state"
 MODULES_RUN = ("Transformer", "Pooling", "Normalize")
-# Files of an ONNX-only folder that hold the graph (the weights of a large one lie beside it).
-GRAPH_FILES = ("*.onnx", "*.onnx_data")
 # What each backend needs installed, named in refusals.
 INSTALL = {
     "onnx": "pip install 'matryoshka-embed[onnx]' (onnxruntime, onnx)",
@@ -50,13 +48,11 @@ def is_graph_backend(backend: str) -> bool:
     return backend in GRAPH_BACKENDS
 
 
-def has_torch_weights(folder: Path) -> bool:
-    return any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
-
-
 def own_graph(folder: Path) -> Path | None:
     """The ONNX file of a folder that holds only an ONNX model (no torch weights to export)."""
-    if has_torch_weights(folder):
+    from embedder.weights import holds_torch_weights
+
+    if holds_torch_weights([p.name for p in folder.iterdir()]):
         return None
     found = sorted(folder.glob("*.onnx"))
     if len(found) > 1:
@@ -305,6 +301,16 @@ class OpenVinoRunner:
 
     def __call__(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         return np.array(self.request.infer(feed)[self.output], copy=True)
+
+
+def require_runtime(backend: str) -> None:
+    """GraphError naming the install when the backend's runtime is missing here (checked
+    where the replicas resolve, before any starts)."""
+    import importlib.util
+
+    module = {"onnx": "onnxruntime", "openvino": "openvino"}[backend]
+    if importlib.util.find_spec(module) is None:
+        raise GraphError(f"--backend {backend} needs {module}: {INSTALL[backend]}")
 
 
 def openvino_core():

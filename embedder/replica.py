@@ -32,6 +32,7 @@ from embedder.graphs import (
     choose_openvino_precision,
     is_graph_backend,
     load_graph_model,
+    require_runtime,
 )
 from embedder.memory import peak_rss_bytes
 from embedder.tokens import TextTokenizer, TokenizerSpec, Tokens, load_text_tokenizer
@@ -192,6 +193,7 @@ def place_graph(spec: ReplicaSpec, gpus_assigned: bool | None) -> Placed:
             f"the {spec.backend} backend runs on CPUs: run it with --device cpu (or "
             "--gpus-per-replica 0), or use --backend torch on GPUs"
         )
+    require_runtime(spec.backend)
     allowed = ("auto", "fp32", "bf16") if spec.backend == "openvino" else ("auto", "fp32")
     if spec.dtype not in allowed:
         raise DeviceError(
@@ -265,6 +267,10 @@ class Replica:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
             "max_seq_length": self.model.max_seq_length,
             "backend": self.spec.backend,
+            # What the runtime reports it computes in (OpenVINO's own choice, read back).
+            "inference_precision": (
+                self.model.run.precision if self.spec.runs_graph else self.dtype
+            ),
             "quantization": self.model.run.quantization if self.spec.runs_graph else "none",
             "attention": self.attention.describe(),
             "attention_unpadded": self.attention.unpadded,

@@ -48,6 +48,7 @@ NOT_LOADED = (
 ROOT_GRAPH_FILES = ("*.onnx", "*.onnx_data")
 # PyTorch weights that transformers skips when a .safetensors file is there.
 PICKLED_WEIGHTS = ("pytorch_model*.bin", "*.pt")
+TORCH_WEIGHTS = ("*.safetensors", *PICKLED_WEIGHTS)
 
 
 class WeightsMismatch(RuntimeError):
@@ -96,7 +97,7 @@ def loaded_files(folder: Path) -> list[str]:
         if path.is_file() and not path.name.endswith((".lock", ".incomplete"))
     )
     # An ONNX-only folder (no torch weights at its root): its graph is what loads.
-    graph_only = not any("/" not in f and f.endswith((".safetensors", ".bin")) for f in found)
+    graph_only = not holds_torch_weights(found)
     found = [
         f
         for f in found
@@ -105,6 +106,11 @@ def loaded_files(folder: Path) -> list[str]:
     if any(f.endswith(".safetensors") for f in found):
         found = [f for f in found if not any(fnmatch.fnmatch(f, p) for p in PICKLED_WEIGHTS)]
     return found
+
+
+def holds_torch_weights(relpaths: list[str]) -> bool:
+    """Whether torch weights lie at the folder's root (then they are what loads)."""
+    return any("/" not in f and any(fnmatch.fnmatch(f, p) for p in TORCH_WEIGHTS) for f in relpaths)
 
 
 def root_graph(relpath: str) -> bool:

@@ -303,3 +303,14 @@ def test_evaluate_gives_what_a_backend_and_int8_keep_of_torch_fp32(tmp_path):
         assert 0.9 <= kept["ndcg@10"] <= 1.1 and 0.9 <= kept["mrr@10"] <= 1.1
     assert 0.95 <= cost["cosine_mean"] < 1.0
     assert "openvino in" in result.stdout and "int8 model against torch fp32" in result.stdout
+
+
+def test_a_missing_runtime_is_named_with_its_install(monkeypatch, model_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name)
+    )
+    with pytest.raises(GraphError, match=r"pip install 'matryoshka-embed\[onnx\]'"):
+        Replica(spec_for(model_path, "onnx"))
