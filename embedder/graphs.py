@@ -212,15 +212,6 @@ def export_onnx(folder: Path, target: Path, trust_remote_code: bool = False) -> 
         )
 
 
-@dataclass(frozen=True)
-class GraphRun:
-    """What a loaded graph runs: which backend, in which precision, quantized or not."""
-
-    backend: str
-    precision: str  # what the runtime computes in: "fp32", or "bf16" where OpenVINO uses it
-    quantization: str  # "none" or "int8"
-
-
 class GraphModel:
     """An ONNX graph loaded by ONNX Runtime or compiled by OpenVINO, pooling its output."""
 
@@ -241,7 +232,9 @@ class GraphModel:
             self.runner = OpenVinoRunner(graph, precision, threads)
         else:
             raise GraphError(f"not a graph backend: {backend!r}")
-        self.run = GraphRun(backend, self.runner.precision, quantization)
+        # What ran, for the manifest: OpenVINO's precision as it reports it, int8 or "none".
+        self.precision = self.runner.precision
+        self.quantization = quantization
         # Set by load_graph_model from the tokenizer and the folder's config, as a
         # SentenceTransformer carries them.
         self.max_seq_length: int | None = None
@@ -389,14 +382,14 @@ def load_graph_model(
     return model
 
 
-# --quantize int8: what each backend writes.
+# --quantize int8: what each backend writes, the graph first.
 QUANTIZED_FILES = {"onnx": ("model-int8.onnx",), "openvino": ("model-int8.xml", "model-int8.bin")}
 
 
 def quantize_int8(graph: Path, backend: str, batches: list[dict[str, np.ndarray]]) -> dict:
     """Static int8 of `graph` for `backend`, calibrated on these padded batches of token ids:
     NNCF for OpenVINO, ONNX Runtime's static quantization (QDQ, weights per channel) for
-    onnx. Returns the files it made, by name, as bytes."""
+    onnx. Returns the files it made, by name, as bytes, the graph first."""
     with tempfile.TemporaryDirectory(prefix="quantize-") as scratch:
         folder = Path(scratch)
         if backend == "openvino":

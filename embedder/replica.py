@@ -32,6 +32,7 @@ from embedder.graphs import (
     choose_openvino_precision,
     is_graph_backend,
     load_graph_model,
+    quantize_int8,
     require_runtime,
 )
 from embedder.memory import peak_rss_bytes
@@ -268,10 +269,8 @@ class Replica:
             "max_seq_length": self.model.max_seq_length,
             "backend": self.spec.backend,
             # What the runtime reports it computes in (OpenVINO's own choice, read back).
-            "inference_precision": (
-                self.model.run.precision if self.spec.runs_graph else self.dtype
-            ),
-            "quantization": self.model.run.quantization if self.spec.runs_graph else "none",
+            "inference_precision": (self.model.precision if self.spec.runs_graph else self.dtype),
+            "quantization": self.model.quantization if self.spec.runs_graph else "none",
             "attention": self.attention.describe(),
             "attention_unpadded": self.attention.unpadded,
             # Token ids are taken from the read stage when they carry this identity; else
@@ -408,11 +407,11 @@ class Replica:
 
     def encode_features(self, model, features: dict[str, Any]) -> np.ndarray:
         """The model's forward pass on ready features: what `encode` does after tokenizing."""
+        if isinstance(model, GraphModel):
+            return model.embed({k: v.numpy() for k, v in features.items()})
         import torch
         from sentence_transformers.util import batch_to_device
 
-        if isinstance(model, GraphModel):
-            return model.embed({k: v.numpy() for k, v in features.items()})
         with torch.inference_mode():
             output = model(batch_to_device(features, model.device))
             return output["sentence_embedding"].float().cpu().numpy()
@@ -448,6 +447,11 @@ class Replica:
         if layout.token_types:
             features["token_type_ids"] = torch.zeros_like(features["input_ids"])
         return features | layout.extras
+
+    def int8_model(self, texts: list[str]) -> dict[str, bytes]:
+        """A static int8 model of this replica's graph, calibrated on `texts`: its files by
+        name, the graph first (embedder.graphs.quantize_int8)."""
+        return quantize_int8(self.model.graph, self.spec.backend, self.calibration_batches(texts))
 
     def calibration_batches(self, texts: list[str], rows: int = 16) -> list[dict[str, Any]]:
         """These texts as the model's padded inputs (numpy), in batches of similar length:

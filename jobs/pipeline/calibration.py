@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from embedder import Replica, ReplicaSpec
-from embedder.graphs import QuantizedGraph, files_digest, quantize_int8
+from embedder.graphs import QuantizedGraph, files_digest
 from embedder.outputs import CALIBRATED, base_vectors, calibration_ranges
 from embedder.rotation import from_bytes as rotation_from_bytes
 from embedder.rotation import pca_rotation
@@ -138,14 +138,13 @@ def load_or_quantize(
     texts = sample()
     if not texts:
         return None
-    files = quantize(texts)
-    order = sorted(files, key=lambda name: not name.endswith((".onnx", ".xml")))  # graph first
-    for name in order:
-        output.write_bytes(f"{QUANTIZED_FOLDER}/{name}", files[name])
+    files = quantize(texts)  # the graph first: QuantizedGraph loads the first
+    for name, data in files.items():
+        output.write_bytes(f"{QUANTIZED_FOLDER}/{name}", data)
     record = {
         "backend": backend,
         "quantization": "int8",
-        "files": [f"{QUANTIZED_FOLDER}/{name}" for name in order],
+        "files": [f"{QUANTIZED_FOLDER}/{name}" for name in files],
         "digest": files_digest(files),
         "rows": len(texts),
     }
@@ -172,10 +171,7 @@ def quantize_on_ray(replica_spec: ReplicaSpec, placement: Placement):
 
 
 def _quantize(replica_spec: ReplicaSpec, texts: list[str]) -> dict[str, bytes]:
-    replica = Replica(replica_spec, gpus_assigned=False)
-    return quantize_int8(
-        replica.model.graph, replica_spec.backend, replica.calibration_batches(texts)
-    )
+    return Replica(replica_spec, gpus_assigned=False).int8_model(texts)
 
 
 def rotates_full_width(record: dict[str, Any] | None) -> bool:

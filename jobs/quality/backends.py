@@ -15,8 +15,8 @@ import fsspec
 import numpy as np
 
 from embedder import Replica, ReplicaSpec
-from embedder.graphs import QuantizedGraph, files_digest, quantize_int8
-from jobs.quality.evaluation import quality_by_dim
+from embedder.graphs import QuantizedGraph, files_digest
+from jobs.quality.evaluation import embed_set, quality_by_dim
 
 METRICS = ("recall@10", "ndcg@10", "mrr@10")
 CALIBRATION_TEXTS = 300  # as many as a run's default sample would give a small corpus
@@ -24,15 +24,13 @@ CALIBRATION_TEXTS = 300  # as many as a run's default sample would give a small 
 
 def with_int8_model(spec: ReplicaSpec, texts: list[str], folder: Path) -> ReplicaSpec:
     """`spec` running an int8 model made from it, calibrated on `texts`, kept in `folder`."""
-    replica = Replica(spec)
-    files = quantize_int8(replica.model.graph, spec.backend, replica.calibration_batches(texts))
+    files = Replica(spec).int8_model(texts)  # the graph first
     folder.mkdir(parents=True, exist_ok=True)
-    order = sorted(files, key=lambda name: not name.endswith((".onnx", ".xml")))  # graph first
-    for name in order:
-        (folder / name).write_bytes(files[name])
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
     quantized = QuantizedGraph(
         spec.backend,
-        tuple(str(folder / name) for name in order),
+        tuple(str(folder / name) for name in files),
         files_digest(files),
         fsspec.filesystem("file"),
     )
@@ -56,17 +54,13 @@ def backend_cost(
     """Per dim, the share of the reference's recall@10, nDCG@10 and MRR@10 the candidate
     keeps, and the cosine between their document vectors at full width."""
     doc_ids = [d["id"] for d in documents]
-    known = set(doc_ids)
-    queries = [q for q in queries if set(q["relevant"]) & known]
-    vectors = {}
-    for name, replica in (("candidate", candidate), ("reference", reference)):
-        asking = replica.for_prompt(model_spec.query_prompt, model_spec.query_prompt_name)
-        vectors[name] = (
-            replica.embed([d["text"] for d in documents]),
-            asking.embed([q["query"] for q in queries]),
-        )
-    ours = quality_by_dim(*vectors["candidate"], doc_ids, queries, dims)
-    theirs = quality_by_dim(*vectors["reference"], doc_ids, queries, dims)
+    vectors = {
+        name: embed_set(replica, model_spec, documents, queries)
+        for name, replica in (("candidate", candidate), ("reference", reference))
+    }
+    kept_queries = vectors["candidate"][2]
+    ours = quality_by_dim(*vectors["candidate"][:2], doc_ids, kept_queries, dims)
+    theirs = quality_by_dim(*vectors["reference"][:2], doc_ids, kept_queries, dims)
     kept = {
         dim: {m: ours[dim][m] / theirs[dim][m] if theirs[dim][m] else 1.0 for m in METRICS}
         for dim in ours

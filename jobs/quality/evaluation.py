@@ -92,11 +92,7 @@ def evaluate(
     storage/speed/quality table, and with `rotate_pca` the same after a rotation fitted on
     the documents alone (never on the queries)."""
     doc_ids = [d["id"] for d in documents]
-    known = set(doc_ids)
-    queries = [q for q in queries if set(q["relevant"]) & known]
-    doc_full = replica.embed([d["text"] for d in documents])
-    query_replica = replica.for_prompt(model_spec.query_prompt, model_spec.query_prompt_name)
-    query_full = query_replica.embed([q["query"] for q in queries])
+    doc_full, query_full, queries = embed_set(replica, model_spec, documents, queries)
     plain = quality_by_dim(doc_full, query_full, doc_ids, queries, dims)
     table = tradeoff_table(doc_full, query_full, doc_ids, queries, dims, repeats)
     result = {"documents": len(documents), "queries": len(queries), "dims": plain}
@@ -113,6 +109,18 @@ def evaluate(
                 row[f"{metric} (pca)"] = rotated_row[metric]
     result["tradeoffs"] = table
     return result
+
+
+def embed_set(
+    replica: Replica, model_spec, documents: list[dict], queries: list[dict]
+) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Full-dim vectors of the documents (document prompt) and of the queries that have a
+    relevant document in the set (query prompt), and those queries."""
+    known = {d["id"] for d in documents}
+    queries = [q for q in queries if set(q["relevant"]) & known]
+    doc_full = replica.embed([d["text"] for d in documents])
+    query_replica = replica.for_prompt(model_spec.query_prompt, model_spec.query_prompt_name)
+    return doc_full, query_replica.embed([q["query"] for q in queries]), queries
 
 
 def recommend(per_dim: dict[int, dict[str, float]], keep: float) -> int:
