@@ -158,6 +158,20 @@ def demo_output(tmp_path_factory) -> Path:
     return output
 
 
+def session_pids(session: int, pattern: str = "") -> set[int]:
+    """The processes of one session whose command line holds `pattern`: a job started with
+    start_new_session=True, and every Ray process it starts (GCS, raylet, workers), stay in its
+    session, so this never counts processes that are not the job's (another test's, or a Ray
+    someone else runs on this machine)."""
+    found = subprocess.run(["ps", "-e", "-o", "pid=,sid=,args="], capture_output=True, text=True)
+    rows = (line.split(None, 2) for line in found.stdout.splitlines())
+    return {
+        int(row[0])
+        for row in rows
+        if len(row) == 3 and int(row[1]) == session and pattern in row[2]
+    }
+
+
 def dead_pid() -> int:
     """The pid of a process that has ended (and was reaped): a holder that is gone."""
     process = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -168,10 +182,11 @@ def dead_pid() -> int:
 @contextmanager
 def local_ray(**resources) -> Iterator[None]:
     """A local Ray for the test's own calls (e.g. num_cpus=3, num_gpus=2: two logical GPUs on
-    this CPU box), shut down afterwards."""
+    this CPU box), shut down afterwards. Always a new one: without address="local", ray.init
+    would join the last Ray `ray start` left on this machine (/tmp/ray/ray_current_cluster)."""
     import ray
 
-    ray.init(include_dashboard=False, **resources)
+    ray.init(address="local", include_dashboard=False, **resources)
     try:
         yield
     finally:

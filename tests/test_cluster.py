@@ -37,13 +37,13 @@ def cluster():
 
 
 FILES = 40
-ROWS_PER_FILE = 150
+ROWS_PER_FILE = 60
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """40 files of 150 short rows, a block each (--block-rows 150): long enough to lose a node
-    in the middle of the run."""
+    """40 files of 60 short rows, a block each (--block-rows 60): long enough to lose a node in
+    the middle of the run."""
     root = tmp_path_factory.mktemp("cluster-corpus")
     lines = [p.splitlines()[0][:120] for p in real_texts(400)]
     expected = {}

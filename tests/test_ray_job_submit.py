@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.conftest import REPO, job_env, read_output
+from tests.conftest import REPO, job_env, read_output, session_pids
 
 BIN = Path(sys.executable).parent
 
@@ -22,14 +22,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def session_pids(session: int) -> set[int]:
-    """The processes of one session: the head was started as a session leader, and every Ray
-    process it starts (GCS, raylet, dashboard, workers) stays in its session."""
-    found = subprocess.run(["ps", "-e", "-o", "pid=,sid="], capture_output=True, text=True)
-    pairs = (line.split() for line in found.stdout.splitlines())
-    return {int(pid) for pid, sid in pairs if int(sid) == session}
 
 
 def test_ray_job_submit_runs_the_job_on_a_real_head(tmp_path):

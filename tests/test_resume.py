@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from tests.conftest import (
     real_texts,
     reference_vectors,
     run_job_cli,
+    session_pids,
     write_jsonl,
 )
 
@@ -76,14 +78,8 @@ def assert_no_duplicates_so_far(output: Path, expected: dict[str, str]) -> None:
     assert set(ids) <= set(expected)
 
 
-def ray_processes() -> set[int]:
-    found = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True)
-    return {int(pid) for pid in found.stdout.split()}
-
-
 def kill_when(args: list[str], ready, env=None, timeout: float = 300) -> None:
     """Start the job in its own process group and SIGKILL the whole group once ready()."""
-    before = ray_processes()
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobs.embed", *args],
         cwd=REPO,
@@ -104,7 +100,8 @@ def kill_when(args: list[str], ready, env=None, timeout: float = 300) -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL, "the job ended before the kill point"
-    wait_until(lambda: not (ray_processes() - before), 30, "Ray processes outlived the kill")
+    # Every process the job started (Ray's GCS, raylet, workers) is in its session.
+    wait_until(lambda: not session_pids(proc.pid), 30, "Ray processes outlived the kill")
 
 
 def wait_until(condition, seconds: float, message: str) -> None:
@@ -127,24 +124,36 @@ def corpus(tmp_path_factory):
     return root, make_corpus(root)
 
 
-def planned_blocks(root: Path, block_rows: int) -> int:
-    """How many blocks (each one output file: no row routes elsewhere) the job plans."""
+def planned_blocks(root: Path, block_rows: int) -> list:
+    """The blocks the job plans (each one output file: no row routes elsewhere)."""
     from jobs.pipeline.folders import InputFolder
     from jobs.pipeline.packing import plan_blocks
 
     files = InputFolder(str(root)).list_files()
-    return len(plan_blocks(files, {f.relpath: ROWS_PER_FILE for f in files}, block_rows))
+    rows = {f.relpath: len((root / f.relpath).read_text().splitlines()) for f in files}
+    return plan_blocks(files, rows, block_rows)
 
 
-# Files of 30 rows each a block of its own (30 rows), or many small files packed several
-# to a block (64 rows).
-@pytest.mark.parametrize("block_rows", [30, 64], ids=["own-blocks", "packed"])
-def test_killed_at_any_point_then_rerun_gives_every_row_exactly_once(corpus, tmp_path, block_rows):
-    root, expected = corpus
+def test_killed_at_any_point_then_rerun_gives_every_row_exactly_once(corpus, tmp_path):
+    source, expected = corpus
+    # Blocks of 64 rows: the 30-row files are packed several to a block, and three files of
+    # 100 rows are each cut into blocks of their own: both kinds of block in one run.
+    root = tmp_path / "in"
+    shutil.copytree(source, root)
+    expected = dict(expected)
+    for f in range(3):
+        records = [
+            {"id": f"big{f}-r{r}", "text": f"row {r} of a long file [{f}]"} for r in range(100)
+        ]
+        write_jsonl(root / "docs" / f"big-{f}.jsonl", records)
+        expected |= {r["id"]: r["text"] for r in records}
     output = tmp_path / "out"
-    args = [str(root), str(output), "all-miniLM-l6", "--block-rows", str(block_rows)]
-    blocks = planned_blocks(root, block_rows)
-    assert blocks > 8 and (block_rows > ROWS_PER_FILE) == (blocks < FILES)
+    args = [str(root), str(output), "all-miniLM-l6", "--block-rows", "64"]
+    plan = planned_blocks(root, 64)
+    blocks = len(plan)
+    assert blocks > 8
+    assert any(len(block.files) > 1 for block in plan)  # packed
+    assert sum(block.files[0].relpath == "docs/big-0.jsonl" for block in plan) == 2  # own
 
     # Early: right after the first block is committed.
     kill_when(args, lambda: len(part_files(output)) >= 1)
@@ -259,12 +268,10 @@ def test_a_replica_killed_mid_run_is_restarted_and_nothing_is_doubled(corpus, tm
     )
     try:
         wait_until(lambda: len(part_files(output)) >= 3 or proc.poll() is not None, 240, "slow")
-        replicas = subprocess.run(
-            ["pgrep", "-f", "EmbedBatches"], capture_output=True, text=True
-        ).stdout.split()
+        replicas = session_pids(proc.pid, "EmbedBatches")
         assert replicas, "no replica process found"
         committed_at_kill = len(part_files(output))
-        os.kill(int(replicas[0]), signal.SIGKILL)
+        os.kill(min(replicas), signal.SIGKILL)
         _, stderr = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
