@@ -27,13 +27,16 @@ from typing import Any
 
 import numpy as np
 
+from embedder.weights import holds_torch_weights
+
 GRAPH_BACKENDS = ("onnx", "openvino")
 POOLINGS = ("mean", "cls", "lasttoken")
 # What the exported graph takes and gives, named as transformers names them.
 GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 GRAPH_OUTPUT = "last_hidden_state"
 MODULES_RUN = ("Transformer", "Pooling", "Normalize")
-# What each backend needs installed, named in refusals.
+# The runtime each backend imports, and what to install for it, named in refusals.
+RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino"}
 INSTALL = {
     "onnx": "pip install 'matryoshka-embed[onnx]' (onnxruntime, onnx)",
     "openvino": "pip install 'matryoshka-embed[openvino]' (openvino, nncf, onnx)",
@@ -50,8 +53,6 @@ def is_graph_backend(backend: str) -> bool:
 
 def own_graph(folder: Path) -> Path | None:
     """The ONNX file of a folder that holds only an ONNX model (no torch weights to export)."""
-    from embedder.weights import holds_torch_weights
-
     if holds_torch_weights([p.name for p in folder.iterdir()]):
         return None
     found = sorted(folder.glob("*.onnx"))
@@ -258,7 +259,7 @@ class OnnxRunner:
         try:
             import onnxruntime as ort
         except ImportError as err:
-            raise GraphError(f"--backend onnx needs onnxruntime: {INSTALL['onnx']}") from err
+            raise missing_runtime("onnx") from err
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -301,16 +302,19 @@ def require_runtime(backend: str) -> None:
     where the replicas resolve, before any starts)."""
     import importlib.util
 
-    module = {"onnx": "onnxruntime", "openvino": "openvino"}[backend]
-    if importlib.util.find_spec(module) is None:
-        raise GraphError(f"--backend {backend} needs {module}: {INSTALL[backend]}")
+    if importlib.util.find_spec(RUNTIME[backend]) is None:
+        raise missing_runtime(backend)
+
+
+def missing_runtime(backend: str) -> GraphError:
+    return GraphError(f"--backend {backend} needs {RUNTIME[backend]}: {INSTALL[backend]}")
 
 
 def openvino_core():
     try:
         import openvino as ov
     except ImportError as err:
-        raise GraphError(f"--backend openvino needs openvino: {INSTALL['openvino']}") from err
+        raise missing_runtime("openvino") from err
     return ov.Core()
 
 

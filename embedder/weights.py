@@ -110,11 +110,16 @@ def loaded_files(folder: Path) -> list[str]:
 
 def holds_torch_weights(relpaths: list[str]) -> bool:
     """Whether torch weights lie at the folder's root (then they are what loads)."""
-    return any("/" not in f and any(fnmatch.fnmatch(f, p) for p in TORCH_WEIGHTS) for f in relpaths)
+    return any(at_root(f, TORCH_WEIGHTS) for f in relpaths)
 
 
 def root_graph(relpath: str) -> bool:
-    return "/" not in relpath and any(fnmatch.fnmatch(relpath, p) for p in ROOT_GRAPH_FILES)
+    return at_root(relpath, ROOT_GRAPH_FILES)
+
+
+def at_root(relpath: str, patterns: tuple[str, ...]) -> bool:
+    """Whether the file lies at the folder's root and matches one of the patterns."""
+    return "/" not in relpath and any(fnmatch.fnmatch(relpath, p) for p in patterns)
 
 
 def digest_of(folder: Path, files: list[str]) -> str:

@@ -54,18 +54,15 @@ def backend_cost(
     """Per dim, the share of the reference's recall@10, nDCG@10 and MRR@10 the candidate
     keeps, and the cosine between their document vectors at full width."""
     doc_ids = [d["id"] for d in documents]
-    vectors = {
-        name: embed_set(replica, model_spec, documents, queries)
-        for name, replica in (("candidate", candidate), ("reference", reference))
-    }
-    kept_queries = vectors["candidate"][2]
-    ours = quality_by_dim(*vectors["candidate"][:2], doc_ids, kept_queries, dims)
-    theirs = quality_by_dim(*vectors["reference"][:2], doc_ids, kept_queries, dims)
+    our_docs, our_queries, kept_queries = embed_set(candidate, model_spec, documents, queries)
+    their_docs, their_queries, _ = embed_set(reference, model_spec, documents, queries)
+    ours = quality_by_dim(our_docs, our_queries, doc_ids, kept_queries, dims)
+    theirs = quality_by_dim(their_docs, their_queries, doc_ids, kept_queries, dims)
     kept = {
         dim: {m: ours[dim][m] / theirs[dim][m] if theirs[dim][m] else 1.0 for m in METRICS}
         for dim in ours
     }
-    cosine = np.sum(vectors["candidate"][0] * vectors["reference"][0], axis=1)
+    cosine = np.sum(our_docs * their_docs, axis=1)
     info = candidate.describe()
     return {
         "backend": info["backend"],
