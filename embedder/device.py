@@ -62,3 +62,18 @@ def torch_dtype(name: str):
     import torch
 
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def cpu_features() -> tuple[str, frozenset[str]]:
+    """This machine's CPU vendor (e.g. "GenuineIntel", "AuthenticAMD") and flags, from
+    /proc/cpuinfo; ("", empty) where there is none to read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            lines = info.read().splitlines()
+    except OSError:
+        return "", frozenset()
+
+    def first(key: str) -> str:
+        return next((line.split(":", 1)[1] for line in lines if line.startswith(key)), "")
+
+    return first("vendor_id").strip(), frozenset(first("flags").split())

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from embedder.device import cpu_features
 from embedder.weights import holds_torch_weights
 
 GRAPH_BACKENDS = ("onnx", "openvino")
@@ -289,8 +290,7 @@ class OpenVinoRunner:
         check_inputs(self.input_names, graph)
         names = [o.get_any_name() for o in self.compiled.outputs]
         self.output = self.compiled.outputs[names.index(output_name(names, graph))]
-        ran = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        self.precision = "bf16" if "bf16" in ran else "fp32"
+        self.precision = precision_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -318,14 +318,35 @@ def openvino_core():
     return ov.Core()
 
 
-def choose_openvino_precision(requested: str) -> str:
-    """fp32 or bf16 for an OpenVINO replica: what was asked, or for "auto" what OpenVINO would
-    pick by itself on this CPU (bf16 where it has it), made explicit so that it is recorded
-    and every replica of one OUTPUT computes alike."""
+def precision_name(element_type) -> str:
+    """ "bf16" or "fp32" for the element type OpenVINO reports it computes in (its str() is
+    "<Type: 'bfloat16'>", its type name "bf16")."""
+    return "bf16" if element_type.get_type_name() == "bf16" else "fp32"
+
+
+def choose_openvino_precision(requested: str, int8: bool = False) -> str:
+    """fp32 or bf16 for an OpenVINO replica: what was asked, or for "auto" the faster of the
+    two on this CPU (auto_openvino_precision), made explicit so that it is recorded and every
+    replica of one OUTPUT computes alike."""
     if requested in ("fp32", "bf16"):
         return requested
     capabilities = openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    return "bf16" if "BF16" in capabilities else "fp32"
+    vendor, flags = cpu_features()
+    return auto_openvino_precision("BF16" in capabilities, vendor, flags, int8)
+
+
+def auto_openvino_precision(has_bf16: bool, vendor: str, flags: frozenset[str], int8: bool) -> str:
+    """OpenVINO by itself computes in bf16 wherever the CPU has it, and that is not always
+    faster. Measured with all-MiniLM-L6-v2 on 2 CPUs (docs/benchmarks.md): on an AMD Zen 4
+    (avx512_bf16, no AMX) bf16 ran 1.66x faster than fp32; on an Intel Xeon with avx512_bf16
+    but no AMX, 0.64x for the fp32 graph and 1.10x for the int8 graph (whose matrix products
+    are int8 either way). So bf16 for an int8 graph wherever the CPU has it; for an fp32 graph
+    only where bf16 products have fast hardware: AMX, or AMD's avx512_bf16."""
+    if not has_bf16:
+        return "fp32"
+    if int8 or "amx_bf16" in flags:
+        return "bf16"
+    return "bf16" if vendor == "AuthenticAMD" and "avx512_bf16" in flags else "fp32"
 
 
 def check_inputs(names: tuple[str, ...], graph: Path) -> None:

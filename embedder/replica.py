@@ -73,6 +73,8 @@ class ReplicaSpec:
     # The registry's pooling ("mean", "CLS"...): what a graph backend pools an ONNX-only
     # folder's token states with (a sentence-transformers folder says it itself).
     pooling: str = ""
+    # --quantize as asked; a run resolves its precision before the int8 graph is made.
+    quantize: str = "none"
     # --quantize int8: the int8 graph kept in OUTPUT (embedder.graphs.QuantizedGraph).
     quantized: Any = None
 
@@ -82,6 +84,11 @@ class ReplicaSpec:
         of the model's own, whose tokenization this job does not mirror. The graph backends
         take nothing else."""
         return not self.encode_kwargs
+
+    @property
+    def int8(self) -> bool:
+        """An int8 graph runs: asked for (made after the run resolves), or made already."""
+        return self.quantize == "int8" or self.quantized is not None
 
     @property
     def runs_graph(self) -> bool:
@@ -202,7 +209,7 @@ def place_graph(spec: ReplicaSpec, gpus_assigned: bool | None) -> Placed:
             f"(it runs {', '.join(d for d in allowed if d != 'auto')})"
         )
     if spec.backend == "openvino":
-        return Placed("cpu", choose_openvino_precision(spec.dtype), None, "")
+        return Placed("cpu", choose_openvino_precision(spec.dtype, spec.int8), None, "")
     return Placed("cpu", "fp32", None, "")
 
 

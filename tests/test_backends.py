@@ -11,13 +11,22 @@ import numpy as np
 import pytest
 
 from embedder.device import DeviceError
-from embedder.graphs import GraphError, QuantizedGraph, export_onnx, pool, pooling_of
+from embedder.graphs import (
+    GraphError,
+    QuantizedGraph,
+    auto_openvino_precision,
+    export_onnx,
+    pool,
+    pooling_of,
+    precision_name,
+)
 from embedder.replica import Replica, ReplicaSpec
 from embedder.weights import WeightsMismatch, loaded_files
 from jobs.pipeline import calibration
 from jobs.pipeline.commit import FingerprintMismatch
 from jobs.pipeline.folders import OutputError, OutputFolder
-from jobs.pipeline.job import prepare_job
+from jobs.pipeline.job import prepare_job, replica_spec_for
+from jobs.pipeline.placement import Placement
 from jobs.pipeline.settings import SettingsError, load_settings
 from jobs.query import QueryEncoder
 from tests.conftest import read_output, real_texts, reference_vectors, run_job_cli, write_jsonl
@@ -314,3 +323,50 @@ def test_a_missing_runtime_is_named_with_its_install(monkeypatch, model_path):
     )
     with pytest.raises(GraphError, match=r"pip install 'matryoshka-embed\[onnx\]'"):
         Replica(spec_for(model_path, "onnx"))
+
+
+def test_openvino_reports_the_precision_it_computes_in():
+    import openvino as ov
+
+    # What CompiledModel.get_property("INFERENCE_PRECISION_HINT") returns; its str() is
+    # "<Type: 'bfloat16'>", which once read as fp32.
+    assert precision_name(ov.Type.bf16) == "bf16"
+    assert precision_name(ov.Type.f32) == "fp32"
+
+
+INTEL_NO_AMX = frozenset({"avx512f", "avx512_bf16", "avx512_vnni"})
+CPUS = {
+    "Intel with AMX": (True, "GenuineIntel", INTEL_NO_AMX | {"amx_bf16", "amx_tile"}),
+    "Intel, avx512_bf16 without AMX": (True, "GenuineIntel", INTEL_NO_AMX),
+    "AMD Zen 4": (True, "AuthenticAMD", frozenset({"avx512f", "avx512_bf16"})),
+    "AVX2 only": (False, "AuthenticAMD", frozenset({"avx2"})),
+}
+
+
+@pytest.mark.parametrize(
+    ("cpu", "fp32_graph", "int8_graph"),
+    [
+        ("Intel with AMX", "bf16", "bf16"),
+        ("Intel, avx512_bf16 without AMX", "fp32", "bf16"),
+        ("AMD Zen 4", "bf16", "bf16"),
+        ("AVX2 only", "fp32", "fp32"),
+    ],
+)
+def test_openvino_auto_precision_is_the_faster_one_measured_on_such_a_cpu(
+    cpu, fp32_graph, int8_graph
+):
+    has_bf16, vendor, flags = CPUS[cpu]
+    assert auto_openvino_precision(has_bf16, vendor, flags, int8=False) == fp32_graph
+    assert auto_openvino_precision(has_bf16, vendor, flags, int8=True) == int8_graph
+
+
+def test_a_run_resolves_openvino_knowing_it_will_run_an_int8_graph(tmp_path, model_path):
+    write_jsonl(tmp_path / "in" / "docs.jsonl", [{"id": "a", "text": "a chunk"}])
+    options = ["--backend", "openvino", "--quantize", "int8"]
+    settings = load_settings(
+        [str(tmp_path / "in"), str(tmp_path / "out"), "all-miniLM-l6", *options]
+    )
+    lone_cpu = Placement(replicas=1, gpus_per_replica=0, cpus_per_replica=1)
+    spec = replica_spec_for(prepare_job(settings.settings), lone_cpu)
+    assert spec.int8 and spec.quantized is None  # the int8 graph is made after resolving
+    assert not spec_for(model_path, "openvino").int8

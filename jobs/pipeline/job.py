@@ -338,6 +338,7 @@ def replica_spec_for(job: Job, placement: Placement) -> ReplicaSpec:
         max_tokens=job.max_tokens,
         device=settings.device,
         dtype=resolved.dtype if resolved else settings.dtype,
+        quantize=settings.quantize,
         batch_size=settings.batch_size,
         max_batch_tokens=settings.max_batch_tokens,
         cpu_threads=placement.torch_threads,
