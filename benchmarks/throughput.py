@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from benchmarks.corpus import sample, stdlib_chunks, write_corpus
+from embedder.device import cpu_features
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "all-miniLM-l6"
@@ -229,10 +230,7 @@ def net_rate(small: tuple[int, float], large: tuple[int, float]) -> float:
 
 
 def has_amx() -> bool:
-    try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    return "amx_bf16" in cpu_features()[1]
 
 
 def machine() -> str:
@@ -383,11 +381,7 @@ def render_backends(rows, results, manifests, cosines, alone) -> str:
 
 def cpu_flags() -> str:
     """The CPU flags that decide bf16 and int8 speed."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        flags = next(line for line in info.splitlines() if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "unknown"
+    flags = sorted(cpu_features()[1])
     wanted = [f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "avx_vnni")]
     return " ".join(wanted) or "none of avx2, avx512, amx"
 
