@@ -319,7 +319,7 @@ def openvino_core():
 
 
 def precision_name(element_type) -> str:
-    """ "bf16" or "fp32" for the element type OpenVINO reports it computes in (its str() is
+    """The element type OpenVINO reports it computes in, as "bf16" or "fp32" (its str() is
     "<Type: 'bfloat16'>", its type name "bf16")."""
     return "bf16" if element_type.get_type_name() == "bf16" else "fp32"
 
