@@ -45,17 +45,18 @@ def calibration_texts(documents: list[dict], count: int = CALIBRATION_TEXTS) -> 
 
 def backend_cost(
     candidate: Replica,
+    embedded: tuple[np.ndarray, np.ndarray, list[dict]],
     reference: Replica,
     model_spec,
     documents: list[dict],
-    queries: list[dict],
     dims: list[int],
 ) -> dict[str, Any]:
     """Per dim, the share of the reference's recall@10, nDCG@10 and MRR@10 the candidate
-    keeps, and the cosine between their document vectors at full width."""
+    keeps, and the cosine between their document vectors at full width; `embedded` is
+    embed_set's result for the candidate (the evaluation's own vectors)."""
     doc_ids = [d["id"] for d in documents]
-    our_docs, our_queries, kept_queries = embed_set(candidate, model_spec, documents, queries)
-    their_docs, their_queries, _ = embed_set(reference, model_spec, documents, queries)
+    our_docs, our_queries, kept_queries = embedded
+    their_docs, their_queries, _ = embed_set(reference, model_spec, documents, kept_queries)
     ours = quality_by_dim(our_docs, our_queries, doc_ids, kept_queries, dims)
     theirs = quality_by_dim(their_docs, their_queries, doc_ids, kept_queries, dims)
     kept = {
@@ -66,7 +67,7 @@ def backend_cost(
     info = candidate.describe()
     return {
         "backend": info["backend"],
-        "precision": info["dtype"],
+        "precision": info["inference_precision"],  # what the runtime computed in
         "quantization": info["quantization"],
         "reference": "torch fp32",
         "kept": kept,

@@ -87,12 +87,15 @@ def evaluate(
     dims: list[int],
     rotate_pca: bool = False,
     repeats: int = TIMING_REPEATS,
+    embedded: tuple[np.ndarray, np.ndarray, list[dict]] | None = None,
 ) -> dict[str, Any]:
-    """Scores and retention per dim from one full-dim encode of documents and queries, the
-    storage/speed/quality table, and with `rotate_pca` the same after a rotation fitted on
-    the documents alone (never on the queries)."""
+    """Scores and retention per dim from one full-dim encode of documents and queries (or
+    `embedded`, embed_set's result when the caller has it), the storage/speed/quality table,
+    and with `rotate_pca` the same after a rotation fitted on the documents alone (never on
+    the queries)."""
     doc_ids = [d["id"] for d in documents]
-    doc_full, query_full, queries = embed_set(replica, model_spec, documents, queries)
+    embedded = embedded or embed_set(replica, model_spec, documents, queries)
+    doc_full, query_full, queries = embedded
     plain = quality_by_dim(doc_full, query_full, doc_ids, queries, dims)
     table = tradeoff_table(doc_full, query_full, doc_ids, queries, dims, repeats)
     result = {"documents": len(documents), "queries": len(queries), "dims": plain}
@@ -210,7 +213,10 @@ def main(argv: list[str] | None = None) -> int:
 
         spec = with_int8_model(spec, calibration_texts(documents), Path(args.out) / "int8-model")
     replica = Replica(spec)
-    result = evaluate(replica, model_spec, documents, queries, dims, args.rotate == "pca")
+    embedded = embed_set(replica, model_spec, documents, queries)  # once, for both uses
+    result = evaluate(
+        replica, model_spec, documents, queries, dims, args.rotate == "pca", embedded=embedded
+    )
     if args.backend or args.quantize != "none":
         from jobs.quality.backends import backend_cost
 
@@ -218,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             dataclasses.replace(spec, backend="torch", dtype="fp32", device="cpu", quantized=None)
         )
         result["backend_cost"] = backend_cost(
-            replica, reference, model_spec, documents, queries, dims
+            replica, embedded, reference, model_spec, documents, dims
         )
     dim, method = recommend_method(result["dims"], result.get("rotated"), args.keep)
     report = {
