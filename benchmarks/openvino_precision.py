@@ -15,26 +15,21 @@ import dataclasses
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.corpus import sample, stdlib_chunks
-from benchmarks.throughput import cpu_flags, machine, model_path
+from benchmarks.throughput import cpu_flags, machine, minilm_spec, time_alternating
 
 
 def specs(calibration: list[str], scratch: Path) -> dict:
-    from embedder import ReplicaSpec
     from jobs.quality.backends import with_int8_model
 
-    base = ReplicaSpec(
-        source=model_path(), source_is_local=True, dim=384, device="cpu", max_tokens=256
-    )
-    openvino = dataclasses.replace(base, backend="openvino", dtype="fp32")
+    openvino = minilm_spec(backend="openvino", dtype="fp32", max_tokens=256)
     int8 = with_int8_model(openvino, calibration, scratch)
     return {
-        "torch fp32": dataclasses.replace(base, dtype="fp32"),
+        "torch fp32": minilm_spec(dtype="fp32", max_tokens=256),
         "openvino fp32 graph in fp32": openvino,
         "openvino fp32 graph in bf16": dataclasses.replace(openvino, dtype="bf16"),
         "openvino int8 graph in fp32": int8,
@@ -55,15 +50,7 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bench-ov-"))
     try:
         replicas = {name: Replica(spec) for name, spec in specs(calibration, scratch).items()}
-        best = dict.fromkeys(replicas, float("inf"))
-        vectors = {}
-        for _ in range(3):
-            for name, replica in replicas.items():
-                replica.embed(texts[:64])  # warm-up
-                started = time.perf_counter()
-                blocks = [replica.embed(texts[i : i + 2048]) for i in range(0, len(texts), 2048)]
-                best[name] = min(best[name], time.perf_counter() - started)
-                vectors[name] = np.concatenate(blocks)
+        best, vectors = time_alternating(replicas, texts, rounds=3)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"Machine: {machine()}; flags: {cpu_flags()}.")

@@ -64,32 +64,39 @@ def bare_encode(texts: list[str], dtype: str) -> float:
     return time.perf_counter() - started
 
 
-def replica_batching(texts: list[str], block_rows: int = 2048, rounds: int = 2) -> dict:
-    """(d): seconds (best of `rounds`) for the replica over `texts` in job-sized blocks, with
-    default and with fixed-shape batches, alternating so that both see the same machine."""
-    from embedder import Replica, ReplicaSpec
+def minilm_spec(**options):
+    """A CPU replica of the bundled all-MiniLM-L6-v2 at its full 384 dims."""
+    from embedder import ReplicaSpec
 
-    replicas = {
-        fixed: Replica(
-            ReplicaSpec(
-                source=model_path(),
-                source_is_local=True,
-                dim=384,
-                device="cpu",
-                fixed_shape_batches=fixed,
-            )
-        )
-        for fixed in (False, True)
-    }
-    best = {False: float("inf"), True: float("inf")}
+    return ReplicaSpec(source=model_path(), source_is_local=True, dim=384, device="cpu", **options)
+
+
+def time_alternating(replicas: dict, texts: list[str], rounds: int, block_rows: int = 2048):
+    """Each replica over `texts` in job-sized blocks, taking turns so that all see the same
+    machine: the best seconds of `rounds` per replica, the vectors of its last round, and its
+    stats counted over that round alone."""
+    best = dict.fromkeys(replicas, float("inf"))
+    vectors = {}
     for _ in range(rounds):
-        for fixed, replica in replicas.items():
+        for name, replica in replicas.items():
             replica.embed(texts[:64])  # warm-up
             replica.stats = type(replica.stats)()
             started = time.perf_counter()
-            for start in range(0, len(texts), block_rows):
-                replica.embed(texts[start : start + block_rows])
-            best[fixed] = min(best[fixed], time.perf_counter() - started)
+            blocks = [
+                replica.embed(texts[i : i + block_rows]) for i in range(0, len(texts), block_rows)
+            ]
+            best[name] = min(best[name], time.perf_counter() - started)
+            vectors[name] = np.concatenate(blocks)
+    return best, vectors
+
+
+def replica_batching(texts: list[str], block_rows: int = 2048, rounds: int = 2) -> dict:
+    """(d): seconds (best of `rounds`) for the replica over `texts` in job-sized blocks, with
+    default and with fixed-shape batches, alternating so that both see the same machine."""
+    from embedder import Replica
+
+    replicas = {fixed: Replica(minilm_spec(fixed_shape_batches=fixed)) for fixed in (False, True)}
+    best, _ = time_alternating(replicas, texts, rounds, block_rows)
     stats = {fixed: replica.stats for fixed, replica in replicas.items()}
     return {
         "default_seconds": best[False],
@@ -114,7 +121,7 @@ BACKENDS = {
 def replica_backends(texts: list[str], calibration: list[str], rounds: int = 2) -> dict:
     """(e), the replica alone: seconds (best of `rounds`, alternating) per backend over `texts`
     in job-sized blocks, and each one's cosine per row to torch fp32."""
-    from embedder import Replica, ReplicaSpec
+    from embedder import Replica
     from jobs.quality.backends import with_int8_model
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-int8-"))
@@ -122,28 +129,11 @@ def replica_backends(texts: list[str], calibration: list[str], rounds: int = 2) 
     for name, (backend, quantize, dtype) in BACKENDS.items():
         if name == "torch bf16":  # in (a) and (c) already; very slow on CPUs without bf16
             continue
-        spec = ReplicaSpec(
-            source=model_path(),
-            source_is_local=True,
-            dim=384,
-            device="cpu",
-            backend=backend,
-            dtype=dtype,
-            max_tokens=256,
-        )
+        spec = minilm_spec(backend=backend, dtype=dtype, max_tokens=256)
         if quantize == "int8":
             spec = with_int8_model(spec, calibration, scratch / backend)
         replicas[name] = Replica(spec)
-    best = dict.fromkeys(replicas, float("inf"))
-    vectors = {}
-    for _ in range(rounds):
-        for name, replica in replicas.items():
-            replica.embed(texts[:64])  # warm-up
-            started = time.perf_counter()
-            vectors[name] = np.concatenate(
-                [replica.embed(texts[i : i + 2048]) for i in range(0, len(texts), 2048)]
-            )
-            best[name] = min(best[name], time.perf_counter() - started)
+    best, vectors = time_alternating(replicas, texts, rounds)
     shutil.rmtree(scratch, ignore_errors=True)
     reference = vectors["torch fp32"]
     return {

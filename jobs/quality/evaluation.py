@@ -87,14 +87,23 @@ def evaluate(
     dims: list[int],
     rotate_pca: bool = False,
     repeats: int = TIMING_REPEATS,
-    embedded: tuple[np.ndarray, np.ndarray, list[dict]] | None = None,
 ) -> dict[str, Any]:
-    """Scores and retention per dim from one full-dim encode of documents and queries (or
-    `embedded`, embed_set's result when the caller has it), the storage/speed/quality table,
-    and with `rotate_pca` the same after a rotation fitted on the documents alone (never on
-    the queries)."""
+    """Scores and retention per dim from one full-dim encode of documents and queries, the
+    storage/speed/quality table, and with `rotate_pca` the same after a rotation fitted on
+    the documents alone (never on the queries)."""
+    embedded = embed_set(replica, model_spec, documents, queries)
+    return evaluate_vectors(embedded, documents, dims, rotate_pca, repeats)
+
+
+def evaluate_vectors(
+    embedded: tuple[np.ndarray, np.ndarray, list[dict]],
+    documents: list[dict],
+    dims: list[int],
+    rotate_pca: bool = False,
+    repeats: int = TIMING_REPEATS,
+) -> dict[str, Any]:
+    """evaluate, on embed_set's result (for a caller that uses the vectors again)."""
     doc_ids = [d["id"] for d in documents]
-    embedded = embedded or embed_set(replica, model_spec, documents, queries)
     doc_full, query_full, queries = embedded
     plain = quality_by_dim(doc_full, query_full, doc_ids, queries, dims)
     table = tradeoff_table(doc_full, query_full, doc_ids, queries, dims, repeats)
@@ -214,9 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = with_int8_model(spec, calibration_texts(documents), Path(args.out) / "int8-model")
     replica = Replica(spec)
     embedded = embed_set(replica, model_spec, documents, queries)  # once, for both uses
-    result = evaluate(
-        replica, model_spec, documents, queries, dims, args.rotate == "pca", embedded=embedded
-    )
+    result = evaluate_vectors(embedded, documents, dims, args.rotate == "pca")
     if args.backend or args.quantize != "none":
         from jobs.quality.backends import backend_cost
 
