@@ -118,8 +118,10 @@ def mixed_corpus(tmp_path_factory) -> dict:
     return {"root": root, "expected": expected, "parquet_schema": table.schema}
 
 
-def job_env(**extra: str) -> dict[str, str]:
-    """The test process's environment without any EMBED_* leaking in, plus `extra`."""
+def plain_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without any EMBED_* leaking in, plus `extra`. Without
+    RAY_ADDRESS: a job started with it starts a local Ray of its own, as on a laptop or the
+    Kaggle box, and everything it starts stays in its process group."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMBED_")}
     env.pop("RAY_ADDRESS", None)
     env["HF_HUB_OFFLINE"] = "1"
@@ -127,8 +129,57 @@ def job_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def job_env(**extra: str) -> dict[str, str]:
+    """plain_env() joined to the test session's own Ray (RAY_ADDRESS), as a run joins a
+    cluster under `ray job submit`."""
+    address, auth_mode = session_ray()
+    return plain_env(RAY_ADDRESS=address, RAY_AUTH_MODE=auth_mode, **extra)
+
+
+_SESSION_RAY: list = []
+
+
+def session_ray() -> tuple[str, str]:
+    """The address and token-authentication mode of one Ray head (2 CPUs, as this machine)
+    started on first use and shut down when the tests end. Joining it spares each job run a
+    Ray start and stop of its own (about 6 of a sample run's 20 s on 2 CPUs). Its workers run
+    with this process's environment, not the job's: a run whose workers need variables of
+    their own (S3 credentials), or whose whole process group is killed, uses plain_env().
+
+    The head takes token authentication as this process has it when it starts: on when an
+    earlier test's ray.init() started a local Ray here (Ray then sets RAY_AUTH_MODE=token in
+    this process), off otherwise. Its jobs are given that mode, whatever this process has
+    since: a driver and workers that disagree fail every call between them."""
+    if not _SESSION_RAY:
+        from ray.cluster_utils import Cluster
+
+        auth_mode = os.environ.get("RAY_AUTH_MODE", "disabled")
+        head = Cluster(
+            initialize_head=True,
+            connect=False,
+            head_node_args={
+                "num_cpus": 2,
+                "num_gpus": 0,
+                "include_dashboard": False,
+                # A port of its own, not Ray's default (52365): the Ray a job starts for
+                # itself, or a `ray start` head, needs that one for its dashboard agent
+                # ("No available agent to submit job" otherwise).
+                "dashboard_agent_listen_port": None,
+            },
+        )
+        _SESSION_RAY.append((head, auth_mode))
+    head, auth_mode = _SESSION_RAY[0]
+    return head.address, auth_mode
+
+
+def pytest_sessionfinish(session, exitstatus):
+    while _SESSION_RAY:
+        _SESSION_RAY.pop()[0].shutdown()
+
+
 def run_job_cli(args: list[str], env: dict[str, str] | None = None, cwd: Path = REPO, timeout=600):
-    """`python -m jobs.embed ARGS` as a user runs it."""
+    """`python -m jobs.embed ARGS` as a user runs it, joined to the session's Ray unless
+    `env` says otherwise."""
     return subprocess.run(
         [sys.executable, "-m", "jobs.embed", *args],
         cwd=cwd,
@@ -153,7 +204,10 @@ def demo_output(tmp_path_factory) -> Path:
     """The sample corpus embedded once, as `make demo` does: shared by the tests that only
     read an OUTPUT."""
     output = tmp_path_factory.mktemp("demo") / "out"
-    result = run_job_cli([str(REPO / "samples" / "corpus"), str(output), "all-miniLM-l6"])
+    # With a Ray of its own, as `make demo` runs it.
+    result = run_job_cli(
+        [str(REPO / "samples" / "corpus"), str(output), "all-miniLM-l6"], env=plain_env()
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return output
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import (
     REPO,
-    job_env,
+    plain_env,
     read_output,
     real_texts,
     reference_vectors,
@@ -58,7 +58,7 @@ def corpus(tmp_path_factory):
 
 
 def cluster_env(cluster) -> dict[str, str]:
-    return job_env(RAY_ADDRESS=cluster["cluster"].address)
+    return plain_env(RAY_ADDRESS=cluster["cluster"].address)
 
 
 def test_one_replica_per_worker_gpu_and_the_manifest_names_their_nodes(cluster, corpus, tmp_path):

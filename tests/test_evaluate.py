@@ -13,14 +13,14 @@ import pytest
 from jobs.quality.evalsets import code_search_set
 from jobs.quality.evaluation import rank, recommend, score
 from registry import Registry, check_truncation
-from tests.conftest import REPO, job_env, write_jsonl
+from tests.conftest import REPO, plain_env, write_jsonl
 
 
 def run_evaluate(*args: str) -> subprocess.CompletedProcess:
     """python -m jobs.evaluate all-miniLM-l6 ARGS, which must succeed."""
     result = subprocess.run(
         [sys.executable, "-m", "jobs.evaluate", "all-miniLM-l6", *args],
-        cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=600,
+        cwd=REPO, env=plain_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     return result

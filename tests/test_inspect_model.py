@@ -7,13 +7,13 @@ import subprocess
 import sys
 
 from registry import Registry
-from tests.conftest import REPO, job_env
+from tests.conftest import REPO, plain_env
 
 
 def inspect(path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "jobs.inspect_model", str(path), "--name", "mine"],
-        cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=60,
+        cwd=REPO, env=plain_env(), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jobs.query import ManifestError, QueryEncoder
-from tests.conftest import REPO, job_env, read_output, real_texts, run_job_cli, write_jsonl
+from tests.conftest import REPO, plain_env, read_output, real_texts, run_job_cli, write_jsonl
 
 QUERIES = [
     "how do I pretty-print JSON from the shell?",
@@ -105,7 +105,7 @@ def test_a_manifest_of_another_layout_names_what_is_missing(tmp_path):
 def search_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "jobs.search", *args],
-        cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300,
+        cwd=REPO, env=plain_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
 
@@ -190,7 +190,7 @@ def test_a_package_the_manifest_names_is_never_imported(demo_output, tmp_path, m
     # python -m jobs.search has the current folder on sys.path: run from inside OUTPUT.
     result = subprocess.run(
         [sys.executable, "-m", "jobs.search", ".", "a query"],
-        cwd=output, env=job_env(), capture_output=True, text=True, timeout=300,
+        cwd=output, env=plain_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 2 and "not the registry's own" in result.stderr
     assert not marker.exists()
@@ -207,7 +207,7 @@ def test_the_registrys_own_package_is_not_imported_from_inside_output(
     output, marker = crafted_output(demo_output, tmp_path, shadowing)
     result = subprocess.run(
         [sys.executable, "-m", "jobs.search", ".", "a query"],
-        cwd=output, env=job_env(), capture_output=True, text=True, timeout=300,
+        cwd=output, env=plain_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-2000:]
     assert "would be imported from inside OUTPUT" in result.stderr

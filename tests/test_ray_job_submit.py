@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.conftest import REPO, job_env, read_output, session_pids
+from tests.conftest import REPO, plain_env, read_output, session_pids
 
 BIN = Path(sys.executable).parent
 
@@ -28,7 +28,7 @@ def test_ray_job_submit_runs_the_job_on_a_real_head(tmp_path):
     gcs_port, dashboard_port = free_port(), free_port()
     # Ray 2.60 heads require token auth from clients. The entrypoint's `python` is looked up
     # on the head's PATH: this environment's, as on a cluster whose image has the project.
-    env = job_env(RAY_AUTH_MODE="token", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    env = plain_env(RAY_AUTH_MODE="token", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     # A short temp dir: Ray's unix sockets live under it, and their paths are capped at 107 bytes.
     ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     head_log = open(tmp_path / "head.log", "w")

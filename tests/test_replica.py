@@ -161,11 +161,11 @@ def test_a_bf16_load_never_holds_an_fp32_copy(larger_model):
     import subprocess
     import sys
 
-    from tests.conftest import REPO, job_env
+    from tests.conftest import REPO, plain_env
 
     probe = subprocess.run(
         [sys.executable, "-c", MEMORY_PROBE, larger_model],
-        cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300,
+        cwd=REPO, env=plain_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert probe.returncode == 0, probe.stderr[-3000:]
     params, allocated, dtypes, loaded_in = probe.stdout.split()

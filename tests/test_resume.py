@@ -24,6 +24,7 @@ from tests.conftest import (
     REPO,
     job_env,
     local_ray,
+    plain_env,
     real_texts,
     reference_vectors,
     run_job_cli,
@@ -83,7 +84,7 @@ def kill_when(args: list[str], ready, env=None, timeout: float = 300) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobs.embed", *args],
         cwd=REPO,
-        env=env or job_env(),
+        env=env or plain_env(),  # its own Ray: in its process group, killed with it
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -260,7 +261,7 @@ def test_a_replica_killed_mid_run_is_restarted_and_nothing_is_doubled(corpus, tm
             "30",
         ],  # fmt: skip
         cwd=REPO,
-        env=job_env(),
+        env=plain_env(),  # its own Ray: its replica is found in the job's process group
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -13,7 +13,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, job_env, run_job_cli
+from tests.conftest import REPO, job_env, plain_env, run_job_cli
 from tests.test_resume import make_corpus, wait_until
 
 SECRET = "s3cr3t-Value-That-Must-Never-Be-Logged"
@@ -34,6 +34,8 @@ def s3():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
+    # Ray workers see these only when the job starts its own Ray: runs given them use
+    # plain_env(). The session's Ray was started before this server (see job_env).
     env = {
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": KEY_ID,
@@ -78,7 +80,7 @@ def s3_part_count(fs, prefix: str) -> int:
 
 def test_kill_and_resume_on_s3_and_no_secret_anywhere(s3, s3_corpus):
     fs = s3["fs"]
-    env = job_env(**s3["env"])
+    env = plain_env(**s3["env"])
     # 44 files of 30 rows packed into about 26 blocks of ~64 rows.
     args = ["s3://corpus/in", "s3://vectors/run1", "all-miniLM-l6", "--block-rows", "64"]
     proc = subprocess.Popen(
@@ -172,7 +174,7 @@ def test_flaky_object_storage_gives_every_row_once_and_a_lost_file_exits_1(s3, s
     args = ["s3://corpus/in/docs", "s3://vectors/flaky", "all-miniLM-l6"]
     faults = Faults(slowdown_every=9, reset_every=13, cut_body_every=7)
     with FlakyProxy(s3["endpoint"], faults) as proxy:
-        result = run_job_cli(args, env=job_env(**s3["env"] | {"AWS_ENDPOINT_URL": proxy.url}))
+        result = run_job_cli(args, env=plain_env(**s3["env"] | {"AWS_ENDPOINT_URL": proxy.url}))
     assert result.returncode == 0, result.stderr[-3000:]
     assert {"slowdown", "reset", "cut_body"} <= set(faults.injected), faults.injected
     ids = s3_ids(fs, "vectors/flaky")
@@ -184,7 +186,7 @@ def test_flaky_object_storage_gives_every_row_once_and_a_lost_file_exits_1(s3, s
     # Three attempts instead of ten: the same retries, a shorter wait for the test.
     fewer_retries = json.dumps({"config_kwargs": {"retries": {"max_attempts": 3}}})
     with FlakyProxy(s3["endpoint"], Faults(broken=broken)) as proxy:
-        env = job_env(**s3["env"] | {"AWS_ENDPOINT_URL": proxy.url})
+        env = plain_env(**s3["env"] | {"AWS_ENDPOINT_URL": proxy.url})
         failed = run_job_cli([*args, "--storage-options", fewer_retries], env=env)
     assert failed.returncode == 1, failed.stderr[-3000:]
     assert f"could not read {broken}" in failed.stderr
@@ -194,7 +196,7 @@ def test_flaky_object_storage_gives_every_row_once_and_a_lost_file_exits_1(s3, s
     assert [f["file"] for f in manifest["files_unread"]] == [broken]
     assert manifest["files_rejected"] == 0 and manifest["rows_rejected"] == 0
 
-    rerun = run_job_cli(args, env=job_env(**s3["env"]))
+    rerun = run_job_cli(args, env=plain_env(**s3["env"]))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     ids = s3_ids(fs, "vectors/lost-file")
     assert set(ids) == set(docs) and all(n == 1 for n in ids.values())

@@ -25,7 +25,7 @@ from jobs.pipeline.folders import LEASE, OutputFolder
 from jobs.pipeline.lease import this_machine
 from jobs.pipeline.units import InputFile
 from jobs.query import ManifestError, QueryEncoder
-from tests.conftest import REPO, dead_pid, job_env, real_texts, run_job_cli, write_jsonl
+from tests.conftest import REPO, dead_pid, plain_env, real_texts, run_job_cli, write_jsonl
 from tests.test_resume import assert_exactly_once, assert_no_duplicates_so_far, part_files
 
 FILES, ROWS, BLOCK_ROWS = 12, 30, 5
@@ -48,7 +48,7 @@ def start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "jobs.embed", *args],
         cwd=REPO,
-        env=job_env(),
+        env=plain_env(),  # its own Ray, in its process group as a terminal's job
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -12,7 +12,7 @@ import pytest
 
 from embedder import Replica, ReplicaSpec
 from embedder.weights import WeightsMismatch, locate
-from tests.conftest import REPO, job_env
+from tests.conftest import REPO, plain_env
 
 
 @pytest.fixture()
@@ -65,7 +65,7 @@ def test_a_hub_model_is_pinned_to_the_commit_of_its_snapshot(model_path, tmp_pat
     found = subprocess.run(
         [sys.executable, "-c", program],
         cwd=REPO,
-        env=job_env(HF_HUB_CACHE=str(tmp_path / "hub")),
+        env=plain_env(HF_HUB_CACHE=str(tmp_path / "hub")),
         capture_output=True,
         text=True,
         check=True,
