@@ -34,8 +34,8 @@ def s3():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    # Ray workers see these only when the job starts its own Ray: runs given them use
-    # plain_env(). The session's Ray was started before this server (see job_env).
+    # Ray workers see these only when the job starts its own Ray (the session's Ray runs its
+    # workers with this process's environment): runs given them use plain_env().
     env = {
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": KEY_ID,
