@@ -130,8 +130,8 @@ def plain_env(**extra: str) -> dict[str, str]:
 
 
 def job_env(**extra: str) -> dict[str, str]:
-    """plain_env() joined to the test session's own Ray (RAY_ADDRESS), as a run joins a
-    cluster under `ray job submit`."""
+    """plain_env() joined to the tests' own Ray (RAY_ADDRESS, see session_ray), as a run
+    joins a cluster under `ray job submit`."""
     address, auth_mode = session_ray()
     return plain_env(RAY_ADDRESS=address, RAY_AUTH_MODE=auth_mode, **extra)
 
@@ -141,10 +141,12 @@ _SESSION_RAY: list = []
 
 def session_ray() -> tuple[str, str]:
     """The address and token-authentication mode of one Ray head (2 CPUs, as this machine)
-    started on first use and shut down when the tests end. Joining it spares each job run a
-    Ray start and stop of its own (about 6 of a sample run's 20 s on 2 CPUs). Its workers run
-    with this process's environment, not the job's: a run whose workers need variables of
-    their own (S3 credentials), or whose whole process group is killed, uses plain_env().
+    started on first use in a test module and shut down at the module's end. Joining it spares
+    each job run a Ray start and stop of its own (about 6 of a sample run's 20 s on 2 CPUs).
+    Kept for the whole session instead, it slowed the tests that do not use it by 10-35 % and
+    the suite gained nothing. Its workers run with this process's environment, not the job's:
+    a run whose workers need variables of their own (S3 credentials), or whose whole process
+    group is killed, uses plain_env().
 
     The head takes token authentication as this process has it when it starts: on when an
     earlier test's ray.init() started a local Ray here (Ray then sets RAY_AUTH_MODE=token in
@@ -172,9 +174,19 @@ def session_ray() -> tuple[str, str]:
     return head.address, auth_mode
 
 
-def pytest_sessionfinish(session, exitstatus):
+@pytest.fixture(scope="module", autouse=True)
+def stop_session_ray_after_each_module() -> Iterator[None]:
+    yield
+    stop_session_ray()
+
+
+def stop_session_ray() -> None:
     while _SESSION_RAY:
         _SESSION_RAY.pop()[0].shutdown()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    stop_session_ray()
 
 
 def run_job_cli(args: list[str], env: dict[str, str] | None = None, cwd: Path = REPO, timeout=600):
