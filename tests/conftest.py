@@ -143,10 +143,10 @@ def session_ray() -> tuple[str, str]:
     """The address and token-authentication mode of one Ray head (2 CPUs, as this machine)
     started on first use in a test module and shut down at the module's end. Joining it spares
     each job run a Ray start and stop of its own (about 6 of a sample run's 20 s on 2 CPUs).
-    Kept for the whole session instead, it slowed the tests that do not use it by 10-35 % and
-    the suite gained nothing. Its workers run with this process's environment, not the job's:
-    a run whose workers need variables of their own (S3 credentials), or whose whole process
-    group is killed, uses plain_env().
+    Per module, it never idles for long beside the tests that do not use it (idle, a head that
+    has run ten jobs takes about 7 % of a CPU). Its workers run with this process's
+    environment, not the job's: a run whose workers need variables of their own (S3
+    credentials), or whose whole process group is killed, uses plain_env().
 
     The head takes token authentication as this process has it when it starts: on when an
     earlier test's ray.init() started a local Ray here (Ray then sets RAY_AUTH_MODE=token in
