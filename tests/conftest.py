@@ -130,16 +130,16 @@ def plain_env(**extra: str) -> dict[str, str]:
 
 
 def job_env(**extra: str) -> dict[str, str]:
-    """plain_env() joined to the tests' own Ray (RAY_ADDRESS, see session_ray), as a run
+    """plain_env() joined to the tests' own Ray (RAY_ADDRESS, see shared_ray), as a run
     joins a cluster under `ray job submit`."""
-    address, auth_mode = session_ray()
+    address, auth_mode = shared_ray()
     return plain_env(RAY_ADDRESS=address, RAY_AUTH_MODE=auth_mode, **extra)
 
 
-_SESSION_RAY: list = []
+_SHARED_RAY: list = []
 
 
-def session_ray() -> tuple[str, str]:
+def shared_ray() -> tuple[str, str]:
     """The address and token-authentication mode of one Ray head (2 CPUs, as this machine)
     started on first use in a test module and shut down at the module's end. Joining it spares
     each job run a Ray start and stop of its own (about 6 of a sample run's 20 s on 2 CPUs).
@@ -152,7 +152,7 @@ def session_ray() -> tuple[str, str]:
     earlier test's ray.init() started a local Ray here (Ray then sets RAY_AUTH_MODE=token in
     this process), off otherwise. Its jobs are given that mode, whatever this process has
     since: a driver and workers that disagree fail every call between them."""
-    if not _SESSION_RAY:
+    if not _SHARED_RAY:
         from ray.cluster_utils import Cluster
 
         auth_mode = os.environ.get("RAY_AUTH_MODE", "disabled")
@@ -169,24 +169,17 @@ def session_ray() -> tuple[str, str]:
                 "dashboard_agent_listen_port": None,
             },
         )
-        _SESSION_RAY.append((head, auth_mode))
-    head, auth_mode = _SESSION_RAY[0]
+        _SHARED_RAY.append((head, auth_mode))
+    head, auth_mode = _SHARED_RAY[0]
     return head.address, auth_mode
 
 
 @pytest.fixture(scope="module", autouse=True)
-def stop_session_ray_after_each_module() -> Iterator[None]:
+def stop_shared_ray_after_each_module() -> Iterator[None]:
+    """The module's end stops the head (Cluster's exit hook stops it if pytest is killed)."""
     yield
-    stop_session_ray()
-
-
-def stop_session_ray() -> None:
-    while _SESSION_RAY:
-        _SESSION_RAY.pop()[0].shutdown()
-
-
-def pytest_sessionfinish(session, exitstatus):
-    stop_session_ray()
+    while _SHARED_RAY:
+        _SHARED_RAY.pop()[0].shutdown()
 
 
 def run_job_cli(args: list[str], env: dict[str, str] | None = None, cwd: Path = REPO, timeout=600):
