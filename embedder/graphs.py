@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from embedder.cache import cache_folder
 from embedder.device import cpu_features
 from embedder.weights import holds_torch_weights
 
@@ -140,8 +141,7 @@ def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str) -> np.ndarray:
 
 def cache_root() -> Path:
     """Where exported graphs are kept on this machine, one folder per weights' digest."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "matryoshka-embed" / "graphs"
+    return cache_folder("graphs")
 
 
 def graph_for(folder: Path, digest: str, trust_remote_code: bool = False) -> Path:

@@ -21,11 +21,16 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
+import tempfile
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
+from embedder.cache import cache_folder
 
 TOKENS = pa.list_(pa.int32())
 
@@ -78,9 +83,13 @@ class TextTokenizer:
             tokenizer.backend_tokenizer.to_str(), limit, prompt, pad_id, tokenizer.padding_side
         )
 
+    @property
+    def state(self) -> tuple[str, int, str, int, str]:
+        """What builds this tokenizer again: TextTokenizer(*state)."""
+        return (self.backend.to_str(), self.limit, self.prompt, self.pad_id, self.padding_side)
+
     def __reduce__(self):
-        state = (self.backend.to_str(), self.limit, self.prompt, self.pad_id, self.padding_side)
-        return (rebuilt_tokenizer, (self.identity, state))
+        return (rebuilt_tokenizer, (self.identity, self.state))
 
     def tokenize(self, texts: list[str]) -> Tokens:
         """Each text's ids (prompt included, capped at the limit), as one Arrow column."""
@@ -139,6 +148,54 @@ def load_text_tokenizer(folder: Path, spec: TokenizerSpec) -> TextTokenizer | No
         limit = min(limit, spec.max_tokens)
     prompt = spec.prompt or prompts(folder).get(spec.prompt_name, "")
     return TextTokenizer.of(tokenizer, limit, prompt)
+
+
+def cached_text_tokenizer(folder: Path, spec: TokenizerSpec, digest: str) -> TextTokenizer | None:
+    """load_text_tokenizer, kept on this machine for weights of `digest`: building it imports
+    transformers (about 2 s of a CPU, on every run's driver), rebuilding it from what was
+    kept takes milliseconds. The entry is named by the weights' digest, the spec, this module's
+    code and the versions of transformers and tokenizers, so it is what loading would give
+    now; a replica still builds its own and takes ids only from a tokenizer of the same
+    identity."""
+    if not digest:
+        return load_text_tokenizer(folder, spec)
+    entry = cache_folder("tokenizers") / f"{tokenizer_cache_key(spec, digest)}.json"
+    try:
+        kept = json.loads(entry.read_text(encoding="utf-8"))
+        return TextTokenizer(*kept["state"]) if kept["state"] else None
+    except Exception:  # noqa: BLE001 - not kept yet, or unreadable: made again
+        pass
+    tokenizer = load_text_tokenizer(folder, spec)
+    keep_entry(entry, {"state": tokenizer.state if tokenizer else None})
+    return tokenizer
+
+
+def tokenizer_cache_key(spec: TokenizerSpec, digest: str) -> str:
+    decided_by = [
+        # The code that builds it: an edit here makes every entry a new one.
+        hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        digest,
+        [spec.max_tokens, spec.prompt, spec.prompt_name],
+        version("transformers"),
+        version("tokenizers"),
+    ]
+    return hashlib.sha256(json.dumps(decided_by).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def keep_entry(entry: Path, content: dict) -> None:
+    """Written whole or not at all (runs side by side may write the same entry); where the
+    cache cannot be written, not at all: the next run builds it again."""
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        handle, scratch = tempfile.mkstemp(prefix=".entry-", dir=entry.parent)
+    except OSError:
+        return
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(content, out)
+        os.replace(scratch, entry)
+    except OSError:
+        Path(scratch).unlink(missing_ok=True)
 
 
 def input_module_dir(folder: Path) -> Path | None:

@@ -4,16 +4,18 @@ model as they are, and the vectors are sentence-transformers' own."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from embedder import Replica, ReplicaSpec
-from embedder.tokens import TextTokenizer
+from embedder import Replica, ReplicaSpec, tokens
+from embedder.tokens import TextTokenizer, TokenizerSpec, cached_text_tokenizer
 from jobs.pipeline.placement import Placement
 from jobs.pipeline.stages import pipeline_dataset
 from tests.conftest import REPO, local_ray, reference_vectors, write_jsonl
@@ -91,6 +93,63 @@ def test_the_tokenizer_reaches_a_read_task_pickled_and_needs_no_transformers_the
     identity, truncated, ids = result.stdout.split(" ", 2)
     assert identity == replica.tokenizer_identity
     assert (int(truncated), ids.strip()) == (ours.truncated, str(ours.ids.to_pylist()))
+
+
+def test_the_read_stage_tokenizer_is_kept_per_weights_and_rebuilt_without_transformers(
+    tmp_path, monkeypatch, replica, model_path
+):
+    """Building it imports transformers (about 2 s of the driver's CPU, on every run): kept on
+    this machine under the weights' digest and the spec, the next run rebuilds the very same
+    tokenizer from what was kept, without transformers."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    built = []
+    load = tokens.load_text_tokenizer
+    monkeypatch.setattr(tokens, "load_text_tokenizer", lambda *a: built.append(a) or load(*a))
+    spec, digest = replica.spec.tokenizer_spec(), replica.weights.digest
+    first = cached_text_tokenizer(Path(model_path), spec, digest)
+    assert first.identity == replica.tokenizer_identity and len(built) == 1
+    entries = tmp_path / "cache" / "matryoshka-embed" / "tokenizers"
+    [entry] = entries.glob("*.json")
+
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from embedder.tokens import TokenizerSpec, cached_text_tokenizer\n"
+        f"spec = TokenizerSpec({spec.max_tokens!r}, {spec.prompt!r}, {spec.prompt_name!r})\n"
+        f"tokenizer = cached_text_tokenizer(Path({model_path!r}), spec, {digest!r})\n"
+        "print(tokenizer.identity)\n"
+        "assert 'transformers' not in sys.modules and 'torch' not in sys.modules\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == replica.tokenizer_identity
+
+    # Another spec is another entry; an entry that does not read is made again.
+    shorter = cached_text_tokenizer(Path(model_path), TokenizerSpec(max_tokens=64), digest)
+    assert shorter.limit == 64 and len(list(entries.glob("*.json"))) == 2 and len(built) == 2
+    entry.write_text("{not json")
+    again = cached_text_tokenizer(Path(model_path), spec, digest)
+    assert again.identity == replica.tokenizer_identity and len(built) == 3
+    assert json.loads(entry.read_text())["state"][1] == replica.max_seq_length
+    assert not list(entries.glob(".entry-*"))
+
+    # A model whose tokenization the job does not mirror is kept as such.
+    lowercasing = tmp_path / "lowercasing"
+    lowercasing.mkdir()
+    (lowercasing / "modules.json").write_text(
+        json.dumps([{"idx": 0, "path": "", "type": "sentence_transformers.models.Transformer"}])
+    )
+    (lowercasing / "sentence_bert_config.json").write_text(json.dumps({"do_lower_case": True}))
+    for _ in range(2):
+        assert cached_text_tokenizer(lowercasing, spec, "sha256:lowercasing") is None
+    assert len(built) == 4
+
+    # A cache that cannot be written costs the next run the build, never this one.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(entry))  # a file: no folder goes there
+    unkept = cached_text_tokenizer(Path(model_path), spec, digest)
+    assert unkept.identity == replica.tokenizer_identity and len(built) == 5
 
 
 def test_ids_from_another_tokenizer_are_not_used(tmp_path, replica, bare_model):

@@ -28,7 +28,7 @@ from embedder import ReplicaSpec
 from embedder.graphs import GraphError, is_graph_backend
 from embedder.outputs import output_columns
 from embedder.replica import place
-from embedder.tokens import TextTokenizer, load_text_tokenizer
+from embedder.tokens import TextTokenizer, cached_text_tokenizer
 from embedder.weights import Weights
 from jobs.pipeline import calibration, commit, dry_run, duplicates, manifest, quiet, summary
 from jobs.pipeline.folders import (
@@ -181,21 +181,24 @@ def resolve(
     weights = replica_spec.locate_weights()
     if background:
         loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
-        tokenizer = loader.submit(load_read_stage_tokenizer, Path(weights.folder), replica_spec)
+        tokenizer = loader.submit(load_read_stage_tokenizer, weights, replica_spec)
         loader.shutdown(wait=False)
     else:
-        tokenizer = load_read_stage_tokenizer(Path(weights.folder), replica_spec)
+        tokenizer = load_read_stage_tokenizer(weights, replica_spec)
     return Resolved(place(replica_spec, on_gpus).dtype, weights, tokenizer)
 
 
-def load_read_stage_tokenizer(folder: Path, replica_spec: ReplicaSpec) -> TextTokenizer | None:
-    """The replicas' tokenizer, loaded once here for every read task; None (the replicas
-    then tokenize texts themselves, and say why) where this job does not mirror the model's
-    tokenization or the tokenizer does not load."""
+def load_read_stage_tokenizer(weights: Weights, replica_spec: ReplicaSpec) -> TextTokenizer | None:
+    """The replicas' tokenizer, loaded once here for every read task (and kept on this
+    machine for the next run of these weights); None (the replicas then tokenize texts
+    themselves, and say why) where this job does not mirror the model's tokenization or the
+    tokenizer does not load."""
     if not replica_spec.takes_token_ids:
         return None
     try:
-        return load_text_tokenizer(folder, replica_spec.tokenizer_spec())
+        return cached_text_tokenizer(
+            Path(weights.folder), replica_spec.tokenizer_spec(), weights.digest
+        )
     except Exception as err:  # noqa: BLE001 - any failure only means: the replicas tokenize
         log.warning("the read stage will not tokenize (the replicas will): %s", err)
         return None
