@@ -77,20 +77,15 @@ def test_the_tokenizer_reaches_a_read_task_pickled_and_needs_no_transformers_the
     texts = ["query: déjà vu", "def f(x):\n    return x", "word " * 300]
     (tmp_path / "tokenizer.pickle").write_bytes(pickle.dumps(replica.text_tokenizer))
     script = (
-        "import pickle, sys\n"
+        "import pickle\n"
         f"data = open({str(tmp_path / 'tokenizer.pickle')!r}, 'rb').read()\n"
         "tokenizer = pickle.loads(data)\n"
         "assert pickle.loads(data) is tokenizer  # built once per process, not per task\n"
         f"tokens = tokenizer.tokenize({texts!r})\n"
         "print(tokenizer.identity, tokens.truncated, tokens.ids.to_pylist())\n"
-        "assert 'transformers' not in sys.modules and 'torch' not in sys.modules\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=False
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
     ours = replica.text_tokenizer.tokenize(texts)
-    identity, truncated, ids = result.stdout.split(" ", 2)
+    identity, truncated, ids = run_without_transformers(script).split(" ", 2)
     assert identity == replica.tokenizer_identity
     assert (int(truncated), ids.strip()) == (ours.truncated, str(ours.ids.to_pylist()))
 
@@ -112,19 +107,13 @@ def test_the_read_stage_tokenizer_is_kept_per_weights_and_rebuilt_without_transf
     [entry] = entries.glob("*.json")
 
     script = (
-        "import sys\n"
         "from pathlib import Path\n"
         "from embedder.tokens import TokenizerSpec, cached_text_tokenizer\n"
         f"spec = TokenizerSpec({spec.max_tokens!r}, {spec.prompt!r}, {spec.prompt_name!r})\n"
         f"tokenizer = cached_text_tokenizer(Path({model_path!r}), spec, {digest!r})\n"
         "print(tokenizer.identity)\n"
-        "assert 'transformers' not in sys.modules and 'torch' not in sys.modules\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=False
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == replica.tokenizer_identity
+    assert run_without_transformers(script).strip() == replica.tokenizer_identity
 
     # Another spec is another entry; an entry that does not read is made again.
     shorter = cached_text_tokenizer(Path(model_path), TokenizerSpec(max_tokens=64), digest)
@@ -150,6 +139,19 @@ def test_the_read_stage_tokenizer_is_kept_per_weights_and_rebuilt_without_transf
     monkeypatch.setenv("XDG_CACHE_HOME", str(entry))  # a file: no folder goes there
     unkept = cached_text_tokenizer(Path(model_path), spec, digest)
     assert unkept.identity == replica.tokenizer_identity and len(built) == 5
+
+
+def run_without_transformers(script: str) -> str:
+    """Run `script` in a fresh interpreter; its output, once it is sure that neither
+    transformers nor torch was imported."""
+    script += (
+        "import sys\nassert 'transformers' not in sys.modules and 'torch' not in sys.modules\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
 
 
 def test_ids_from_another_tokenizer_are_not_used(tmp_path, replica, bare_model):
