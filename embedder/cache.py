@@ -1,8 +1,7 @@
 """What a machine keeps between runs, derived from weights it has seen: exported ONNX graphs
 (embedder.graphs) and the read stage's tokenizers (embedder.tokens), under
 `$XDG_CACHE_HOME/matryoshka-embed` (`~/.cache/matryoshka-embed` without it). Every entry is
-named by the weights' digest and what else decides it, so other weights never find it; an
-entry that cannot be read or written is made again, never an error."""
+named by the weights' digest and what else decides it, so other weights never find it."""
 
 from __future__ import annotations
 
