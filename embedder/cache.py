@@ -6,6 +6,7 @@ named by the weights' digest and what else decides it, so other weights never fi
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -13,3 +14,18 @@ def cache_folder(kind: str) -> Path:
     """This machine's folder for one kind of entry ("graphs", "tokenizers")."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "matryoshka-embed" / kind
+
+
+def write_whole(path: Path, data: bytes) -> None:
+    """`data` to `path`, whole or not at all: written beside it, then renamed over it, so that
+    processes reading or writing the same entry at once never see half of it (OSError where
+    the folder cannot be written; no scratch file is left)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(scratch, path)
+    except BaseException:
+        Path(scratch).unlink(missing_ok=True)
+        raise

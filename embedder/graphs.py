@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import warnings
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from embedder.cache import cache_folder
+from embedder.cache import cache_folder, write_whole
 from embedder.device import cpu_features
 from embedder.weights import holds_torch_weights
 
@@ -522,13 +521,10 @@ class QuantizedGraph:
         folder = cache_root() / "quantized" / self.digest.replace("sha256:", "")[:32]
         names = [Path(f).name for f in self.files]
         if not all((folder / n).exists() for n in names):
-            folder.mkdir(parents=True, exist_ok=True)
             for relpath, name in zip(self.files, names):
                 with self.source.open(relpath, "rb") as handle:
                     data = handle.read()
-                partial = folder / f".{name}.{os.getpid()}"
-                partial.write_bytes(data)
-                partial.replace(folder / name)
+                write_whole(folder / name, data)
         found = digest_of(folder, sorted(names))
         if found != self.digest:
             raise WeightsMismatch(

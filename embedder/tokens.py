@@ -21,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -30,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from embedder.cache import cache_folder
+from embedder.cache import cache_folder, write_whole
 
 TOKENS = pa.list_(pa.int32())
 
@@ -157,8 +155,6 @@ def cached_text_tokenizer(folder: Path, spec: TokenizerSpec, digest: str) -> Tex
     code and the versions of transformers and tokenizers, so it is what loading would give
     now; a replica still builds its own and takes ids only from a tokenizer of the same
     identity."""
-    if not digest:
-        return load_text_tokenizer(folder, spec)
     entry = cache_folder("tokenizers") / f"{tokenizer_cache_key(spec, digest)}.json"
     try:
         kept = json.loads(entry.read_text(encoding="utf-8"))
@@ -183,19 +179,12 @@ def tokenizer_cache_key(spec: TokenizerSpec, digest: str) -> str:
 
 
 def keep_entry(entry: Path, content: dict) -> None:
-    """Written whole or not at all (runs side by side may write the same entry); where the
-    cache cannot be written, not at all: the next run builds it again."""
+    """Written whole (runs side by side may write the same entry); where the cache cannot be
+    written, not at all: the next run builds it again."""
     try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        handle, scratch = tempfile.mkstemp(prefix=".entry-", dir=entry.parent)
+        write_whole(entry, json.dumps(content).encode("utf-8", "surrogatepass"))
     except OSError:
-        return
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(content, out)
-        os.replace(scratch, entry)
-    except OSError:
-        Path(scratch).unlink(missing_ok=True)
+        pass
 
 
 def input_module_dir(folder: Path) -> Path | None:
