@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -41,16 +42,19 @@ def test_every_text_is_tokenized_once_in_the_read_stage_and_never_by_the_replica
         [{"id": f"r{i}", "text": t} for i, t in enumerate(texts)],
     )
     seen: list[str] = []
+    parallelism: set[str | None] = set()
     real_tokenize = TextTokenizer.tokenize
 
     def counting(self, batch):
         seen.extend(batch)
+        parallelism.add(os.environ.get("TOKENIZERS_PARALLELISM"))
         return real_tokenize(self, batch)
 
     def refuse(*args, **kwargs):
         raise AssertionError("the replica tokenized a text")
 
     monkeypatch.setattr(TextTokenizer, "tokenize", counting)
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")  # as a worker may find it
     monkeypatch.setattr(replica.model, "preprocess", refuse)
     monkeypatch.setattr(replica.model, "encode", refuse)
     spec = dataclasses.replace(
@@ -60,6 +64,7 @@ def test_every_text_is_tokenized_once_in_the_read_stage_and_never_by_the_replica
     tally = run_here(spec, replica)
     assert tally.rows == len(texts)
     assert sorted(seen) == sorted(texts)  # each text once, by the read stage's tokenizer
+    assert parallelism == {"false"}  # on the read task's one thread
     assert replica.stats.truncated_texts - before == 1  # the 400-word text, counted
     tables = [pq.read_table(p) for p in sorted((tmp_path / "out").rglob("*.parquet"))]
     ids = [i for t in tables for i in t.column("id").to_pylist()]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import socket
 import sys
 import time
@@ -56,15 +57,23 @@ log = logging.getLogger("embed")
 STAGE_FAILURES: dict[str, type[Exception]] = {"lease": LeaseLost, "write": OutputWriteError}
 FAILURES = tuple(STAGE_FAILURES.values())
 
-# A read task holds one CPU, so its tokenizer runs on one thread (the fast tokenizer would
-# otherwise start a thread per core of the node in every read task, next to the replicas'
-# own). Having an environment of its own also keeps Ray Data from fusing the read stage into
-# the replica stage after it, which it does when their remote arguments match (CPU replicas
-# of one CPU): every block would then be read and tokenized on the replica's CPU, one after
-# another with its encoding. The write stage shares it, so that it runs in the read stage's
-# warm workers: a worker of another environment must first start and import (seconds, with
-# the last blocks waiting).
-IO_STAGE_ENV = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
+
+def apart_from_the_replicas() -> dict[str, Any]:
+    """The read stage's remote arguments, as a function that adds none. Ray Data fuses a task
+    stage into the actor stage after it when their remote arguments match (a CPU replica of
+    one CPU): every block would then be read and tokenized inside the replica's actor, one
+    after another with its encoding. It never fuses a stage whose arguments come from a
+    function. (A runtime environment of its own kept them apart before; it also cost every
+    run a worker process of that environment, started and importing while the first block
+    waited, instead of the default workers the duplicate scan had warmed.)"""
+    return {}
+
+
+def tokenize_on_one_thread() -> None:
+    """A read task holds one CPU, so its tokenizer runs on one thread: the fast tokenizer
+    would otherwise start a thread per core of the node in every read task, next to the
+    replicas' own. The tokenizers library reads the variable on every call."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,7 @@ class StageSpec:
 
 def read_stage(batch: pa.Table, stage_spec: StageSpec) -> Iterator[pa.Table]:
     """Ray map_batches function: per work item, an envelope per block, as soon as it is read."""
+    tokenize_on_one_thread()
     for text in batch.column("work").to_pylist():
         item = WorkItem.parse(text)
         to_do = {str(block.planned.id): block for block in item.blocks}
@@ -496,7 +506,7 @@ def pipeline_dataset(
         batch_size=1,
         batch_format="pyarrow",
         fn_kwargs={"stage_spec": io_spec},
-        runtime_env=IO_STAGE_ENV,
+        ray_remote_args_fn=apart_from_the_replicas,
     )
     dataset = dataset.map_batches(
         EmbedBatches,
@@ -517,7 +527,6 @@ def pipeline_dataset(
         batch_size=1,
         batch_format="pyarrow",
         fn_kwargs={"stage_spec": io_spec},
-        runtime_env=IO_STAGE_ENV,
     )
 
 
