@@ -145,8 +145,9 @@ def shared_ray() -> tuple[str, str]:
     each job run a Ray start and stop of its own (about 6 of a sample run's 20 s on 2 CPUs).
     Per module, it never idles for long beside the tests that do not use it (idle, a head that
     has run ten jobs takes about 7 % of a CPU). Its workers run with this process's
-    environment, not the job's: a run whose workers need variables of their own (S3
-    credentials), or whose whole process group is killed, uses plain_env().
+    environment, not the job's: a run whose workers need variables of their own uses
+    plain_env(), unless the module starts its head with them (tests/test_s3.py), and so does a
+    run whose whole process group is killed.
 
     The head takes token authentication as this process has it when it starts: on when an
     earlier test's ray.init() started a local Ray here (Ray then sets RAY_AUTH_MODE=token in

@@ -13,7 +13,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, job_env, plain_env, run_job_cli
+from tests.conftest import REPO, job_env, plain_env, run_job_cli, shared_ray
 from tests.test_resume import make_corpus, wait_until
 
 SECRET = "s3cr3t-Value-That-Must-Never-Be-Logged"
@@ -34,14 +34,18 @@ def s3():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    # Ray workers see these only when the job starts its own Ray (the session's Ray runs its
-    # workers with this process's environment): runs given them use plain_env().
     env = {
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": KEY_ID,
         "AWS_SECRET_ACCESS_KEY": SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
     }
+    # The module's Ray head starts with these in its environment, as the nodes of a cluster
+    # have their credentials: its workers never see a joining job's own variables (README).
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        shared_ray()
     import s3fs
 
     fs = s3fs.S3FileSystem(key=KEY_ID, secret=SECRET, client_kwargs={"endpoint_url": endpoint})
@@ -80,7 +84,7 @@ def s3_part_count(fs, prefix: str) -> int:
 
 def test_kill_and_resume_on_s3_and_no_secret_anywhere(s3, s3_corpus):
     fs = s3["fs"]
-    env = plain_env(**s3["env"])
+    env = plain_env(**s3["env"])  # its own Ray: the whole process group is killed
     # 44 files of 30 rows packed into about 26 blocks of ~64 rows.
     args = ["s3://corpus/in", "s3://vectors/run1", "all-miniLM-l6", "--block-rows", "64"]
     proc = subprocess.Popen(
@@ -105,7 +109,7 @@ def test_kill_and_resume_on_s3_and_no_secret_anywhere(s3, s3_corpus):
     assert partial and all(n == 1 for n in partial.values())
     assert len(partial) < len(s3_corpus)
 
-    result = run_job_cli(args, env=env)
+    result = run_job_cli(args, env=job_env(**s3["env"]))
     assert result.returncode == 0, result.stderr[-3000:]
     ids = s3_ids(fs, "vectors/run1")
     assert set(ids) == set(s3_corpus) and all(n == 1 for n in ids.values())
@@ -114,7 +118,7 @@ def test_kill_and_resume_on_s3_and_no_secret_anywhere(s3, s3_corpus):
     assert 0 < manifest["rows_embedded"] < len(s3_corpus)
     assert manifest["rows_in_output"] == len(s3_corpus)
     # Nothing left: decided from the two listings (ETags on S3) and the manifest.
-    again = run_job_cli(args, env=env)
+    again = run_job_cli(args, env=job_env(**s3["env"]))
     assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr[-3000:]
     everything = result.stdout + result.stderr + again.stderr + manifest_text
     everything += fs.cat("vectors/run1/_fingerprint.json").decode()
@@ -141,7 +145,9 @@ def test_a_query_encoder_reads_its_output_from_s3(s3, s3_corpus):
 
 def test_storage_options_from_the_environment_are_masked(s3, s3_corpus):
     """Credentials given as EMBED_STORAGE_OPTIONS work, and show up only as ***."""
-    env = job_env(
+    # Its own Ray, with no AWS_* anywhere: the workers reach the store only through the
+    # storage options that travel with their tasks (the module's head has the variables).
+    env = plain_env(
         AWS_DEFAULT_REGION="us-east-1",
         EMBED_STORAGE_OPTIONS=json.dumps(
             {"key": KEY_ID, "secret": SECRET, "endpoint_url": s3["endpoint"]}
@@ -173,8 +179,12 @@ def test_flaky_object_storage_gives_every_row_once_and_a_lost_file_exits_1(s3, s
     docs = docs_collection(s3_corpus)
     args = ["s3://corpus/in/docs", "s3://vectors/flaky", "all-miniLM-l6"]
     faults = Faults(slowdown_every=9, reset_every=13, cut_body_every=7)
+    # Joined to the module's head, whose workers know the store's own endpoint: the proxy's is
+    # given as a storage option, which travels with every task.
+    env = job_env(**s3["env"])
     with FlakyProxy(s3["endpoint"], faults) as proxy:
-        result = run_job_cli(args, env=plain_env(**s3["env"] | {"AWS_ENDPOINT_URL": proxy.url}))
+        through_proxy = json.dumps({"endpoint_url": proxy.url})
+        result = run_job_cli([*args, "--storage-options", through_proxy], env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert {"slowdown", "reset", "cut_body"} <= set(faults.injected), faults.injected
     ids = s3_ids(fs, "vectors/flaky")
@@ -184,10 +194,10 @@ def test_flaky_object_storage_gives_every_row_once_and_a_lost_file_exits_1(s3, s
     lost = {i for i in docs if i.startswith("f3-")}
     args = ["s3://corpus/in/docs", "s3://vectors/lost-file", "all-miniLM-l6"]
     # Three attempts instead of ten: the same retries, a shorter wait for the test.
-    fewer_retries = json.dumps({"config_kwargs": {"retries": {"max_attempts": 3}}})
+    fewer_retries = {"config_kwargs": {"retries": {"max_attempts": 3}}}
     with FlakyProxy(s3["endpoint"], Faults(broken=broken)) as proxy:
-        env = plain_env(**s3["env"] | {"AWS_ENDPOINT_URL": proxy.url})
-        failed = run_job_cli([*args, "--storage-options", fewer_retries], env=env)
+        options = json.dumps(fewer_retries | {"endpoint_url": proxy.url})
+        failed = run_job_cli([*args, "--storage-options", options], env=env)
     assert failed.returncode == 1, failed.stderr[-3000:]
     assert f"could not read {broken}" in failed.stderr
     ids = s3_ids(fs, "vectors/lost-file")
@@ -196,7 +206,7 @@ def test_flaky_object_storage_gives_every_row_once_and_a_lost_file_exits_1(s3, s
     assert [f["file"] for f in manifest["files_unread"]] == [broken]
     assert manifest["files_rejected"] == 0 and manifest["rows_rejected"] == 0
 
-    rerun = run_job_cli(args, env=plain_env(**s3["env"]))
+    rerun = run_job_cli(args, env=env)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     ids = s3_ids(fs, "vectors/lost-file")
     assert set(ids) == set(docs) and all(n == 1 for n in ids.values())
