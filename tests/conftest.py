@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.shared_head import shared_ray, stop_shared_ray
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -136,51 +138,11 @@ def job_env(**extra: str) -> dict[str, str]:
     return plain_env(RAY_ADDRESS=address, RAY_AUTH_MODE=auth_mode, **extra)
 
 
-_SHARED_RAY: list = []
-
-
-def shared_ray() -> tuple[str, str]:
-    """The address and token-authentication mode of one Ray head (2 CPUs, as this machine)
-    started on first use in a test module and shut down at the module's end. Joining it spares
-    each job run a Ray start and stop of its own (about 6 of a sample run's 20 s on 2 CPUs).
-    Per module, it never idles for long beside the tests that do not use it (idle, a head that
-    has run ten jobs takes about 7 % of a CPU). Its workers run with this process's
-    environment, not the job's: a run whose workers need variables of their own uses
-    plain_env(), unless the module starts its head with them (tests/test_s3.py), and so does a
-    run whose whole process group is killed.
-
-    The head takes token authentication as this process has it when it starts: on when an
-    earlier test's ray.init() started a local Ray here (Ray then sets RAY_AUTH_MODE=token in
-    this process), off otherwise. Its jobs are given that mode, whatever this process has
-    since: a driver and workers that disagree fail every call between them."""
-    if not _SHARED_RAY:
-        from ray.cluster_utils import Cluster
-
-        auth_mode = os.environ.get("RAY_AUTH_MODE", "disabled")
-        head = Cluster(
-            initialize_head=True,
-            connect=False,
-            head_node_args={
-                "num_cpus": 2,
-                "num_gpus": 0,
-                "include_dashboard": False,
-                # A port of its own, not Ray's default (52365): the Ray a job starts for
-                # itself, or a `ray start` head, needs that one for its dashboard agent
-                # ("No available agent to submit job" otherwise).
-                "dashboard_agent_listen_port": None,
-            },
-        )
-        _SHARED_RAY.append((head, auth_mode))
-    head, auth_mode = _SHARED_RAY[0]
-    return head.address, auth_mode
-
-
 @pytest.fixture(scope="module", autouse=True)
 def stop_shared_ray_after_each_module() -> Iterator[None]:
     """The module's end stops the head (Cluster's exit hook stops it if pytest is killed)."""
     yield
-    while _SHARED_RAY:
-        _SHARED_RAY.pop()[0].shutdown()
+    stop_shared_ray()
 
 
 def run_job_cli(args: list[str], env: dict[str, str] | None = None, cwd: Path = REPO, timeout=600):

@@ -13,7 +13,8 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, job_env, plain_env, run_job_cli, shared_ray
+from tests.conftest import REPO, job_env, plain_env, run_job_cli
+from tests.shared_head import shared_ray
 from tests.test_resume import make_corpus, wait_until
 
 SECRET = "s3cr3t-Value-That-Must-Never-Be-Logged"
