@@ -56,7 +56,7 @@ def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pope
     return subprocess.Popen(
         [sys.executable, "-m", "jobs.embed", *args],
         cwd=REPO,
-        env=env or plain_env(),  # its own Ray, in its process group as a terminal's job
+        env=env or plain_env(),  # its own Ray unless `env` joins one
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
