@@ -25,15 +25,7 @@ from jobs.pipeline.folders import LEASE, OutputFolder
 from jobs.pipeline.lease import this_machine
 from jobs.pipeline.units import InputFile
 from jobs.query import ManifestError, QueryEncoder
-from tests.conftest import (
-    REPO,
-    dead_pid,
-    job_env,
-    plain_env,
-    real_texts,
-    run_job_cli,
-    write_jsonl,
-)
+from tests.conftest import REPO, dead_pid, plain_env, real_texts, run_job_cli, write_jsonl
 from tests.test_resume import assert_exactly_once, assert_no_duplicates_so_far, part_files
 
 FILES, ROWS, BLOCK_ROWS = 12, 30, 5
@@ -52,11 +44,11 @@ def make_corpus(root: Path) -> dict[str, str]:
     return expected
 
 
-def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+def start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "jobs.embed", *args],
         cwd=REPO,
-        env=env or plain_env(),  # its own Ray unless `env` joins one
+        env=plain_env(),  # its own Ray, in its process group as a terminal's job
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -64,11 +56,11 @@ def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pope
     )
 
 
-def stop_mid_run(args: list[str], output: Path, act, env=None) -> tuple[int, str, set[Path]]:
+def stop_mid_run(args: list[str], output: Path, act) -> tuple[int, str, set[Path]]:
     """Start the job, call act(process) once it has committed two more files, and wait for
     its end: (exit code, stderr, the part files there were when act() ran)."""
     before = len(part_files(output))
-    process = start(args, env)
+    process = start(args)
     try:
         deadline = time.monotonic() + 300
         while len(part_files(output)) < before + 2 and process.poll() is None:
@@ -121,8 +113,7 @@ def test_stops_say_so_in_one_line_keep_their_work_and_a_rerun_finishes(tmp_path,
     def take_over(process):
         OutputFolder(str(output)).write_json(LEASE, taker)
 
-    # Joined to the tests' Ray, as under `ray job submit`: no signal goes to a process group.
-    code, stderr, at_take_over = stop_mid_run(args, output, take_over, job_env())
+    code, stderr, at_take_over = stop_mid_run(args, output, take_over)
     assert code == 1
     assert_one_line_and_no_traceback(stderr, "error: this run lost OUTPUT")
     assert "it is now held by run the-taker" in stderr
