@@ -8,8 +8,8 @@ as a GPU replica would (one CPU thread and the CUDA micro-batch budget: `--cpus-
 --max-batch-tokens 32768`), and with the CPU defaults (`--replicas 1` alone: a lone CPU replica
 also takes the CPU kept for I/O for its threads, and micro-batches of 2,048 tokens). Prints,
 in one run: each job's rows/s (whole wall, and over its pipeline alone), how long the replica
-waited for blocks once they came, the bare fast tokenizer's rows/s on one thread (batches of
-2,048), their ratios, and the CPU.
+waited for blocks once they came, when the blocks' files landed, the bare fast tokenizer's
+rows/s on one thread (batches of 2,048), their ratios, and the CPU.
 """
 
 from __future__ import annotations
@@ -84,9 +84,21 @@ def main() -> None:
         print(f"bare fast tokenizer, one thread: {bare['rows_per_s']:,.0f} rows/s")
         for name, extra in [("as a GPU replica", AS_A_GPU_REPLICA), ("CPU defaults", [])]:
             shutil.rmtree(root / "output", ignore_errors=True)
+            started = time.time()
             job = timed_job([*job_args(root), "--replicas", "1", *extra], root / "job.log")
             manifest = json.loads((root / "output" / "_manifest.json").read_text())
             report(name, extra, job, manifest, bare["rows_per_s"])
+            print(f"  {commit_times(root / 'output', started)}")
+
+
+def commit_times(output: Path, started: float) -> str:
+    """When the blocks' files landed, from the job's start: a job that commits as it goes
+    spreads them over its run; one whose writes wait for the last read lands them at its end."""
+    landed = sorted(path.stat().st_mtime - started for path in output.rglob("*.parquet"))
+    if not landed:
+        return "no block file written"
+    at = [landed[max(0, round(len(landed) * share) - 1)] for share in (0.1, 0.5, 1.0)]
+    return f"block files landed: 10% by {at[0]:.1f} s, half by {at[1]:.1f} s, all by {at[2]:.1f} s"
 
 
 def report(name: str, extra: list[str], job: dict, manifest: dict, tokenizer: float) -> None:

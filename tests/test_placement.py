@@ -32,6 +32,30 @@ def test_cpu_replicas_leave_a_cpu_for_io():
     assert on_one_node(16, 0, replicas=3, cpus_per_replica=4).replicas == 3
 
 
+def test_a_lone_cpu_left_for_io_is_shared_by_reads_and_writes():
+    """With one CPU beside the replicas, a read and a write each hold half of it and reads run
+    one at a time, so writes commit as the run goes instead of after the last read. With two
+    or more, Ray Data's reservation keeps writes going and the tasks hold a CPU each. A lone
+    CPU replica whose torch threads use that CPU too keeps it whole for reads and writes."""
+    shared = [
+        on_one_node(2, 1),  # a 2-vCPU box with one GPU
+        on_one_node(3, 2),  # two GPU replicas and one CPU left
+        place_replicas([Node(1, 1, "w1"), Node(2, 1, "w2")]),
+        on_one_node(2, 0, cpus_per_replica=1),  # make bench-ceiling's stand-in for a GPU
+    ]
+    for placement in shared:
+        assert (placement.io_cpus, placement.read_tasks) == (0.5, 1), placement
+    for placement in [
+        on_one_node(3, 1),
+        on_one_node(8, 2),
+        place_replicas([Node(2, 0, "head"), Node(1, 1, "w1"), Node(1, 1, "w2")]),
+        on_one_node(2, 0),  # a lone CPU replica, its torch threads on both CPUs
+        on_one_node(8, 0),  # the same with 7 CPUs and 8 threads
+        on_one_node(16, 0, replicas=3, cpus_per_replica=4),
+    ]:
+        assert (placement.io_cpus, placement.read_tasks) == (1.0, None), placement
+
+
 def test_requests_that_cannot_fit_are_refused():
     with pytest.raises(PlacementError, match="leaves|stays free"):
         on_one_node(2, 0, replicas=2)

@@ -17,7 +17,7 @@ import pytest
 
 from embedder import Replica, ReplicaSpec, tokens
 from embedder.tokens import TextTokenizer, TokenizerSpec, cached_text_tokenizer
-from jobs.pipeline.placement import Placement
+from jobs.pipeline.placement import Node, Placement, place_replicas
 from jobs.pipeline.stages import pipeline_dataset
 from tests.conftest import REPO, local_ray, reference_vectors, write_jsonl
 from tests.test_commit import run_here, stage_spec
@@ -177,8 +177,8 @@ def test_ids_from_another_tokenizer_are_not_used(tmp_path, replica, bare_model):
 
 @pytest.mark.parametrize(
     "placement",
-    [Placement(1, 0, 1, 2), Placement(2, 1, 1, 1)],
-    ids=["cpu replica of one CPU", "gpu replicas"],
+    [Placement(1, 0, 1, 2), Placement(2, 1, 1, 1), place_replicas([Node(2, 1)])],
+    ids=["cpu replica of one CPU", "gpu replicas", "a gpu replica and one CPU left"],
 )
 def test_the_read_stage_runs_in_its_own_tasks_not_in_the_replicas(tmp_path, placement, capsys):
     """Ray Data fuses a task stage into the actor stage after it when their remote arguments
@@ -193,3 +193,18 @@ def test_the_read_stage_runs_in_its_own_tasks_not_in_the_replicas(tmp_path, plac
     plan = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
     assert "TaskPoolMapOperator[MapBatches(read_stage)]" in plan
     assert "ActorPoolMapOperator[MapBatches(EmbedBatches)]" in plan
+    # What the read and write tasks ask of Ray is what the placement gave them (with one CPU
+    # left beside the replicas: half of it each, one read at a time).
+    write, _, read = stages_of(dataset)
+    for stage in (read, write):
+        assert stage.ray_remote_args["num_cpus"] == placement.io_cpus
+    assert read.compute.size == placement.read_tasks
+
+
+def stages_of(dataset) -> list:
+    """The dataset's map stages, last first, as Ray Data's logical plan holds them."""
+    stages, op = [], dataset._logical_plan.dag
+    while op.input_dependencies:
+        stages.append(op)
+        op = op.input_dependencies[0]
+    return stages

@@ -470,7 +470,7 @@ def plan_cluster(job: Job) -> Placement:
     placement = place_replicas(nodes, settings.replicas, gpus_each, settings.cpus_per_replica)
     cpus, gpus, accelerators = cluster_resources()
     log.info(
-        "cluster: %d node(s), %g CPU, %g GPU%s -> %d replica(s), %g GPU and %d CPU each; "
+        "cluster: %d node(s), %g CPU, %g GPU%s -> %d replica(s), %g GPU and %d CPU each%s; "
         "%d input file(s)",
         len(nodes),
         cpus,
@@ -479,6 +479,7 @@ def plan_cluster(job: Job) -> Placement:
         placement.replicas,
         placement.gpus_per_replica,
         placement.cpus_per_replica,
+        "" if placement.read_tasks is None else "; reads and writes share the CPU left",
         len(job.input_files),
     )
     return placement

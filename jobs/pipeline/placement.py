@@ -7,7 +7,7 @@ replica, and a job that asked for one would wait forever).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # CPUs the cluster keeps free for Ray Data's read and write tasks: with none free, the read
 # task never gets scheduled and the job hangs without an error.
@@ -37,6 +37,10 @@ class Placement:
     # CPU kept for I/O: Ray's reservation keeps read and write tasks schedulable, and since
     # they run in short bursts, leaving that core idle in between would cost a whole core.
     torch_threads: int = 1
+    # What a read or a write task holds, and how many read tasks may run at once (None: as
+    # many as fit). See io_share().
+    io_cpus: float = 1.0
+    read_tasks: int | None = None
 
     @property
     def on_gpus(self) -> bool:
@@ -71,7 +75,28 @@ def place_on_gpus(nodes: list[Node], replicas: int | None, gpus_each: float, cpu
             "--replicas or set --gpus-per-replica 0 for CPU."
         )
     check_room_for_io(nodes, count, cpus_each)
-    return Placement(count, gpus_each, cpus_each, cpus_each)
+    return io_share(nodes, Placement(count, gpus_each, cpus_each, cpus_each))
+
+
+def io_share(nodes: list[Node], placement: Placement) -> Placement:
+    """With a lone CPU left beside the replicas, reading and writing share it: each task holds
+    half of it and reads run one at a time, so that a write always fits next to a read.
+
+    Ray Data gives a free CPU to the stage with the least data waiting in the object store.
+    When the replicas wait for reads, as fast GPUs do, that is always the read stage: with one
+    CPU for both, every block would be embedded and held before the first write (measured:
+    100 blocks of 200,000 rows, all committed in the run's last 4 s), so a crash would lose
+    all of it and the progress line would stand still. With two free CPUs or more, Ray Data's
+    per-stage reservation already keeps writes going.
+
+    A lone CPU replica that runs torch threads on that CPU too keeps it whole: such a replica
+    is rarely fed too slowly, and a read and a write beside its threads slowed it by a third
+    (docs/benchmarks.md)."""
+    free = sum(n.cpus for n in nodes) - placement.replicas * placement.cpus_per_replica
+    threads_on_it = placement.torch_threads > placement.cpus_per_replica
+    if free >= 2 * CPUS_KEPT_FOR_IO or threads_on_it:
+        return placement
+    return replace(placement, io_cpus=free / 2, read_tasks=1)
 
 
 def check_room_for_io(nodes: list[Node], count: int, cpus_each: int) -> None:
@@ -116,7 +141,7 @@ def place_on_cpus(nodes: list[Node], replicas: int | None, cpus_per_replica: int
             f"and each must fit one node (the largest{describe(largest)} has {largest.cpus:g})."
         )
     lone = count == 1 and cpus_per_replica is None and len(nodes) == 1
-    return Placement(count, 0, size, size + CPUS_KEPT_FOR_IO if lone else size)
+    return io_share(nodes, Placement(count, 0, size, size + CPUS_KEPT_FOR_IO if lone else size))
 
 
 def describe(node: Node) -> str:

@@ -506,6 +506,8 @@ def pipeline_dataset(
         batch_size=1,
         batch_format="pyarrow",
         fn_kwargs={"stage_spec": io_spec},
+        compute=ray.data.TaskPoolStrategy(size=placement.read_tasks),
+        num_cpus=placement.io_cpus,
         ray_remote_args_fn=apart_from_the_replicas,
     )
     dataset = dataset.map_batches(
@@ -527,6 +529,7 @@ def pipeline_dataset(
         batch_size=1,
         batch_format="pyarrow",
         fn_kwargs={"stage_spec": io_spec},
+        num_cpus=placement.io_cpus,
     )
 
 
