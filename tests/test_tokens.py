@@ -33,6 +33,30 @@ def test_the_replica_checked_the_tokenizer_against_the_models_own(replica):
     assert replica.describe()["tokenizer"] == replica.tokenizer_identity
 
 
+def test_the_read_stage_ids_are_the_models_own_tokenizers(model_path):
+    """Ids and the count of texts cut at the cap, as the model's own tokenizer gives them with
+    its truncation, for texts of every kind (and with a prompt in front)."""
+    from transformers import AutoTokenizer
+
+    own = AutoTokenizer.from_pretrained(model_path)
+    texts = [
+        "plain words",
+        "",
+        "   ",
+        "Ünïcödé, naïve café, straße",
+        "中文文本和日本語のテキスト",
+        "emoji 🚀🔥 and tabs\tand\nnewlines",
+        "def f(x):\n    return x ** 2  # code",
+        "word " * 300,
+    ]
+    for prompt in ("", "query: "):
+        tokenizer = TextTokenizer.of(own, 128, prompt)
+        tokens = tokenizer.tokenize(texts)
+        expected = own([prompt + t for t in texts], truncation=True, max_length=128)
+        assert [list(row) for row in tokens.rows()] == expected["input_ids"]
+        assert tokens.truncated == 1
+
+
 def test_every_text_is_tokenized_once_in_the_read_stage_and_never_by_the_replica(
     tmp_path, replica, bare_model, monkeypatch
 ):
