@@ -231,7 +231,8 @@ def test_the_read_stage_runs_in_its_own_tasks_not_in_the_replicas(tmp_path, plac
 
 
 def stages_of(dataset) -> list:
-    """The dataset's map stages, last first, as Ray Data's logical plan holds them."""
+    """The dataset's map stages, last first, as Ray Data's logical plan holds them (a private
+    attribute of Ray 2.60, which pyproject.toml pins)."""
     stages, op = [], dataset._logical_plan.dag
     while op.input_dependencies:
         stages.append(op)
