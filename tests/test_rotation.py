@@ -52,6 +52,8 @@ def test_the_rotation_is_fitted_once_and_recorded(rotated_run, mixed_corpus):
     assert first["calibration"]["rows"] == len(mixed_corpus["expected"])
     assert first["fingerprint"]["rotate"] == "pca"
     assert rotated_run["resumed"]["calibration"] == first["calibration"]  # reused, not refitted
+    # One block to redo: one replica loaded its model, not one per GPU.
+    assert rotated_run["resumed"]["replicas"] == 1
     assert (output / "_rotation.npy").exists()
 
 

@@ -539,6 +539,20 @@ def pipeline_dataset(
     )
 
 
+def no_more_replicas_than_blocks(placement: Placement, blocks: int) -> Placement:
+    """A replica per block at most: a rerun with one block left loads one model, not one per
+    GPU (the others would load theirs and embed nothing, and Ray Data warns about the pool)."""
+    if blocks >= placement.replicas:
+        return placement
+    log.info(
+        "%d block(s) to embed: %d of the %d replica(s) started",
+        blocks,
+        blocks,
+        placement.replicas,
+    )
+    return replace(placement, replicas=blocks)
+
+
 def run_pipeline(
     work: Work,
     stage_spec: StageSpec,
@@ -552,6 +566,7 @@ def run_pipeline(
     tally = Tally.of(work.done)
     if not work.items:
         return tally, []
+    placement = no_more_replicas_than_blocks(placement, work.blocks_to_do)
     items = [item.as_row() for item in work.items]
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
