@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 
-_SHARED_RAY: list = []
+# The head this module started, and the token-authentication mode its jobs must use.
+_shared: tuple | None = None
 
 
 def shared_ray() -> tuple[str, str]:
@@ -27,7 +28,8 @@ def shared_ray() -> tuple[str, str]:
     earlier test's ray.init() started a local Ray here (Ray then sets RAY_AUTH_MODE=token in
     this process), off otherwise. Its jobs are given that mode, whatever this process has
     since: a driver and workers that disagree fail every call between them."""
-    if not _SHARED_RAY:
+    global _shared
+    if _shared is None:
         from ray.cluster_utils import Cluster
 
         auth_mode = os.environ.get("RAY_AUTH_MODE", "disabled")
@@ -44,11 +46,14 @@ def shared_ray() -> tuple[str, str]:
                 "dashboard_agent_listen_port": None,
             },
         )
-        _SHARED_RAY.append((head, auth_mode))
-    head, auth_mode = _SHARED_RAY[0]
+        _shared = (head, auth_mode)
+    head, auth_mode = _shared
     return head.address, auth_mode
 
 
 def stop_shared_ray() -> None:
-    while _SHARED_RAY:
-        _SHARED_RAY.pop()[0].shutdown()
+    global _shared
+    if _shared is not None:
+        head, _ = _shared
+        _shared = None
+        head.shutdown()

@@ -99,6 +99,12 @@ def io_share(nodes: list[Node], placement: Placement) -> Placement:
     return replace(placement, io_cpus=free / 2, read_tasks=1)
 
 
+def no_more_replicas_than_blocks(placement: Placement, blocks: int) -> Placement:
+    """A replica per block at most: a rerun with one block left loads one model, not one per
+    GPU (the others would load theirs and embed nothing, and Ray Data warns about the pool)."""
+    return replace(placement, replicas=min(placement.replicas, blocks))
+
+
 def check_room_for_io(nodes: list[Node], count: int, cpus_each: int) -> None:
     """GPU replicas must leave a CPU free for Ray Data's read and write tasks, as CPU
     replicas do: on a lone node, on that node; on several, anywhere in the cluster (those

@@ -45,7 +45,7 @@ from jobs.pipeline.envelopes import (
 from jobs.pipeline.folders import InputFolder, OutputFolder, OutputWriteError, StorageReadError
 from jobs.pipeline.lease import LeaseLost, check_holder
 from jobs.pipeline.manifest import Tally
-from jobs.pipeline.placement import Placement
+from jobs.pipeline.placement import Placement, no_more_replicas_than_blocks
 from jobs.pipeline.progress import Progress
 from jobs.pipeline.reading import ROW, Columns
 from jobs.pipeline.rejections import Rejection, count_by_kind
@@ -539,20 +539,6 @@ def pipeline_dataset(
     )
 
 
-def no_more_replicas_than_blocks(placement: Placement, blocks: int) -> Placement:
-    """A replica per block at most: a rerun with one block left loads one model, not one per
-    GPU (the others would load theirs and embed nothing, and Ray Data warns about the pool)."""
-    if blocks >= placement.replicas:
-        return placement
-    log.info(
-        "%d block(s) to embed: %d of the %d replica(s) started",
-        blocks,
-        blocks,
-        placement.replicas,
-    )
-    return replace(placement, replicas=blocks)
-
-
 def run_pipeline(
     work: Work,
     stage_spec: StageSpec,
@@ -566,7 +552,15 @@ def run_pipeline(
     tally = Tally.of(work.done)
     if not work.items:
         return tally, []
-    placement = no_more_replicas_than_blocks(placement, work.blocks_to_do)
+    started = no_more_replicas_than_blocks(placement, work.blocks_to_do)
+    if started.replicas < placement.replicas:
+        log.info(
+            "%d block(s) to embed: %d of the %d replica(s) started",
+            work.blocks_to_do,
+            started.replicas,
+            placement.replicas,
+        )
+    placement = started
     items = [item.as_row() for item in work.items]
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
