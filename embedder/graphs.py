@@ -28,6 +28,7 @@ import numpy as np
 
 from embedder.cache import cache_folder, write_whole
 from embedder.device import cpu_features
+from embedder.importing import import_sentence_transformers
 from embedder.weights import holds_torch_weights
 
 GRAPH_BACKENDS = ("onnx", "openvino")
@@ -170,8 +171,8 @@ def export_onnx(folder: Path, target: Path, trust_remote_code: bool = False) -> 
     """The sentence-transformers model's transformer as ONNX: token ids (and mask, and token
     types where the model has them) to its last hidden state, batch and length dynamic."""
     import torch
-    from sentence_transformers import SentenceTransformer
 
+    SentenceTransformer = import_sentence_transformers().SentenceTransformer
     modules = read_json(folder / "modules.json")
     if isinstance(modules, list) and modules:
         check_modules(modules)

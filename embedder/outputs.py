@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from embedder.importing import import_sentence_transformers
 from embedder.rotation import rotate
 from embedder.vectors import truncate_and_normalize
 
@@ -38,6 +39,7 @@ def quantized_column(dim: int, several: bool, precision: str) -> str:
 
 def quantize(vectors: np.ndarray, precision: str, ranges: np.ndarray | None) -> np.ndarray:
     """sentence-transformers' own quantization, with fixed ranges for int8/uint8."""
+    import_sentence_transformers()
     from sentence_transformers.util.quantization import quantize_embeddings
 
     if precision in CALIBRATED and ranges is None:

@@ -35,6 +35,7 @@ from embedder.graphs import (
     quantize_int8,
     require_runtime,
 )
+from embedder.importing import import_sentence_transformers
 from embedder.memory import peak_rss_bytes
 from embedder.tokens import TextTokenizer, TokenizerSpec, Tokens, load_text_tokenizer
 from embedder.vectors import bad_rows, truncate_and_normalize
@@ -651,7 +652,7 @@ def load_model(
             spec.quantized,
         )
         return model, choose_attention(device, None, True, False, backend=spec.backend)
-    from sentence_transformers import SentenceTransformer
+    SentenceTransformer = import_sentence_transformers().SentenceTransformer
     from transformers.utils import logging as transformers_logging
 
     # A "Loading weights" bar per replica load says nothing in a batch job's log.
