@@ -21,11 +21,16 @@ demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m jobs.embed samples/corpus $(DEMO_OUT) all-miniLM-l6
 	@echo "Output written to $(abspath $(DEMO_OUT)) (Parquet per collection, manifest in _manifest.json)"
 
+# Two test processes, each test module kept whole in one (its tests share the module's Ray
+# head), the longest modules first (tests/conftest.py) rather than pytest-xdist's order (most
+# tests first), so that neither process ends waiting on the other's last long module.
+PYTEST_PARALLEL := -n 2 --dist loadfile --no-loadscope-reorder
+
 test: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 test-all: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not gpu"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not gpu"
 
 lint: install
 	$(BIN)/ruff check .

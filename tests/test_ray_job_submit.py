@@ -25,7 +25,7 @@ def free_port() -> int:
 
 
 def test_ray_job_submit_runs_the_job_on_a_real_head(tmp_path):
-    gcs_port, dashboard_port = free_port(), free_port()
+    gcs_port, dashboard_port, agent_port = free_port(), free_port(), free_port()
     # Ray 2.60 heads require token auth from clients. The entrypoint's `python` is looked up
     # on the head's PATH: this environment's, as on a cluster whose image has the project.
     env = plain_env(RAY_AUTH_MODE="token", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
@@ -36,6 +36,9 @@ def test_ray_job_submit_runs_the_job_on_a_real_head(tmp_path):
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
          f"--port={gcs_port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
          "--include-dashboard=true", "--num-cpus=2", f"--temp-dir={ray_tmp}",
+         # Not Ray's default agent port (52365), which a job's own Ray in another test
+         # process may hold: the Jobs API needs this head's agent.
+         f"--dashboard-agent-listen-port={agent_port}",
          "--disable-usage-stats"],
         env=env, stdout=head_log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
