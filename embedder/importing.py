@@ -28,9 +28,11 @@ DEFERRED = {"sklearn.metrics": ("pairwise_distances",)}
 def import_sentence_transformers() -> types.ModuleType:
     """The `sentence_transformers` module, imported once per process. A process that already
     has scikit-learn (or sentence-transformers) imports it as usual."""
-    if "sentence_transformers" in sys.modules or "sklearn" in sys.modules:
+    stand_ins = None
+    if "sentence_transformers" not in sys.modules and "sklearn" not in sys.modules:
+        stand_ins = sklearn_stand_ins()
+    if not stand_ins:
         return importlib.import_module("sentence_transformers")
-    stand_ins = sklearn_stand_ins()
     sys.modules.update(stand_ins)
     try:
         return importlib.import_module("sentence_transformers")
@@ -49,14 +51,22 @@ def import_sentence_transformers() -> types.ModuleType:
 
 def sklearn_stand_ins() -> dict[str, types.ModuleType]:
     """Empty `sklearn` and `sklearn.metrics` modules whose DEFERRED names import the real
-    function on their first call. They carry the real packages' specs (found, not run):
-    torch looks scikit-learn up by its spec while it is imported."""
+    function on their first call (none where scikit-learn is not found). They carry the real
+    packages' specs (found, not run): torch looks scikit-learn up by its spec while it is
+    imported. The package has no search path: any other scikit-learn module imported under it
+    fails, and the import is then done in full."""
     package_spec = importlib.util.find_spec("sklearn")
+    if package_spec is None or not package_spec.submodule_search_locations:
+        return {}
     package = stand_in(package_spec)
-    package.__path__ = package_spec.submodule_search_locations
+    package.__path__ = []
     modules = {"sklearn": package}
     for module_name, names in DEFERRED.items():
-        spec = importlib.machinery.PathFinder.find_spec(module_name, package.__path__)
+        spec = importlib.machinery.PathFinder.find_spec(
+            module_name, package_spec.submodule_search_locations
+        )
+        if spec is None:
+            return {}
         module = stand_in(spec)
         for name in names:
             setattr(module, name, deferred(module_name, name))
