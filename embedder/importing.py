@@ -1,6 +1,6 @@
 """sentence-transformers, imported without scikit-learn.
 
-`import sentence_transformers` costs about 5 CPU-seconds, and 1.9 of them are scikit-learn
+`import sentence_transformers` costs about 5-7 CPU-seconds, and 1.2-1.9 of them are scikit-learn
 (with SciPy and narwhals behind it). sentence-transformers needs it at import time for one
 name only, `pairwise_distances` in `util.similarity`, which only its sparse Manhattan
 similarity calls: nothing this job runs. Every replica start and every process that embeds
@@ -28,9 +28,9 @@ DEFERRED = {"sklearn.metrics": ("pairwise_distances",)}
 def import_sentence_transformers() -> types.ModuleType:
     """The `sentence_transformers` module, imported once per process. A process that already
     has scikit-learn (or sentence-transformers) imports it as usual."""
-    stand_ins = None
-    if "sentence_transformers" not in sys.modules and "sklearn" not in sys.modules:
-        stand_ins = sklearn_stand_ins()
+    if "sentence_transformers" in sys.modules or "sklearn" in sys.modules:
+        return importlib.import_module("sentence_transformers")
+    stand_ins = sklearn_stand_ins()
     if not stand_ins:
         return importlib.import_module("sentence_transformers")
     sys.modules.update(stand_ins)
