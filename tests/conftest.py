@@ -22,10 +22,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config) -> None:
-    """Before any test process starts a Ray: the machine's Ray token, made once. The first
-    local Ray on a machine writes it (~/.ray/auth_token); two test processes (pytest-xdist)
-    starting their first Rays at once could each write one, and a cluster's later workers
-    would read the other's."""
+    """Before any test process starts a Ray: Ray's usage statistics off, and the machine's
+    Ray token, made once.
+
+    Usage statistics: every Ray the tests start (a module's head, a job's own Ray, a
+    cluster) and every job run inherits this process's environment. With them on, each of
+    those Rays starts one more worker process, Ray Data's usage collector (about 1.5
+    CPU-seconds), and its dashboard reports the test runs as usage. The job itself leaves
+    the setting to its user.
+
+    The token: the first local Ray on a machine writes it (~/.ray/auth_token); two test
+    processes (pytest-xdist) starting their first Rays at once could each write one, and a
+    cluster's later workers would read the other's."""
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     if hasattr(config, "workerinput"):  # an xdist worker: the main process made it
         return
     if not (Path.home() / ".ray" / "auth_token").exists():
