@@ -26,10 +26,10 @@ def pytest_configure(config) -> None:
     Ray token, made once.
 
     Usage statistics: every Ray the tests start (a module's head, a job's own Ray, a
-    cluster) and every job run inherits this process's environment. With them on, each of
-    those Rays starts one more worker process, Ray Data's usage collector (about 1.5
-    CPU-seconds), and its dashboard reports the test runs as usage. The job itself leaves
-    the setting to its user.
+    cluster) and every job run inherits this process's environment. With them on, a Ray
+    that outlives a run (a head, a cluster) starts one more worker process for it, Ray
+    Data's usage collector (1.7 CPU-seconds measured), and the test runs are reported as
+    usage. The job itself leaves the setting to its user.
 
     The token: the first local Ray on a machine writes it (~/.ray/auth_token); two test
     processes (pytest-xdist) starting their first Rays at once could each write one, and a
