@@ -28,9 +28,8 @@ DEFERRED = {"sklearn.metrics": ("pairwise_distances",)}
 def import_sentence_transformers() -> types.ModuleType:
     """The `sentence_transformers` module, imported once per process. A process that already
     has scikit-learn (or sentence-transformers) imports it as usual."""
-    if "sentence_transformers" in sys.modules or "sklearn" in sys.modules:
-        return importlib.import_module("sentence_transformers")
-    stand_ins = sklearn_stand_ins()
+    already = "sentence_transformers" in sys.modules or "sklearn" in sys.modules
+    stand_ins = {} if already else sklearn_stand_ins()
     if not stand_ins:
         return importlib.import_module("sentence_transformers")
     sys.modules.update(stand_ins)
